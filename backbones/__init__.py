@@ -1,0 +1,18 @@
+"""Optical-flow networks, each weight-compatible with its official release.
+
+    >>> import backbones
+    >>> backbones.available()
+    ['gma', 'kpaflow', 'liteflownet2', 'memflow', 'raft', 'raft_small', 'upflow']
+    >>> model = backbones.build("raft", checkpoint="raft-things.pth")
+    >>> out = model(image1, image2, iters=12)   # float N x 3 x H x W in 0..255
+    >>> out.flow.shape                          # N x 2 x H x W, pixels, (u, v)
+
+`backbones` never imports `mlof`: it is usable on its own.
+"""
+from backbones.base import FlowOutput, InputPadder, validate_images
+from backbones.registry import available, build, param_groups, register, load_weights, count_parameters
+
+__all__ = [
+    "FlowOutput", "InputPadder", "validate_images",
+    "available", "build", "param_groups", "register", "load_weights", "count_parameters",
+]

@@ -1,0 +1,99 @@
+"""What every network shares at its surface: the output record, input checks and padding."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["FlowOutput", "validate_images", "InputPadder"]
+
+
+@dataclass
+class FlowOutput:
+    """Result of a flow network call.
+
+    flow:      N x 2 x H x W final full-resolution flow in pixels (channel 0 = u/x, 1 = v/y).
+    flow_low:  coarse flow used for warm start (RAFT family: N x 2 x H/8 x W/8 on the padded grid),
+               or None for networks without one.
+    flows:     every full-resolution prediction (iterations or pyramid levels, coarse to fine),
+               filled when training or when ``return_all=True``; otherwise empty.
+    extras:    network-specific outputs (e.g. UPFlow's pyramid flows, backward flow, occlusion).
+    """
+
+    flow: torch.Tensor
+    flow_low: torch.Tensor | None = None
+    flows: list[torch.Tensor] = field(default_factory=list)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def validate_images(image1: torch.Tensor, image2: torch.Tensor, min_size: int = 32,
+                    check_finite: bool = True) -> None:
+    """Raise ``ValueError`` naming the problem if the two images are not a valid flow-network input.
+
+    Expected: two float tensors N x 3 x H x W of equal shape, values 0..255, finite, H and W >= min_size.
+    """
+    for name, im in (("image1", image1), ("image2", image2)):
+        if not isinstance(im, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(im).__name__}")
+        if im.dim() != 4:
+            raise ValueError(f"{name} must be N x 3 x H x W, got shape {tuple(im.shape)}")
+        if im.shape[1] != 3:
+            raise ValueError(f"{name} must have 3 colour channels (N x 3 x H x W), got {im.shape[1]} "
+                             f"in shape {tuple(im.shape)}")
+        if not im.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor with values 0..255, got dtype {im.dtype}")
+        h, w = im.shape[-2:]
+        if h < min_size or w < min_size:
+            raise ValueError(f"{name} is {h}x{w}: too small for this network's pyramid "
+                             f"(each side must be at least {min_size} px)")
+    if image1.shape != image2.shape:
+        raise ValueError(f"image1 and image2 must have the same shape, got {tuple(image1.shape)} "
+                         f"and {tuple(image2.shape)}")
+    if image1.device != image2.device:
+        raise ValueError(f"image1 and image2 are on different devices ({image1.device}, {image2.device})")
+    if check_finite:
+        for name, im in (("image1", image1), ("image2", image2)):
+            if not bool(torch.isfinite(im).all()):
+                raise ValueError(f"{name} contains NaN or inf pixels")
+
+
+class InputPadder:
+    """Pads images so that H and W are multiples of ``divisor``, with replicate padding (RAFT protocol).
+
+    mode="sintel" splits the padding evenly on both sides (extra pixel right/bottom);
+    mode="kitti" puts all the height padding at the bottom and splits the width padding.
+    Matches the official RAFT ``InputPadder`` exactly.
+    """
+
+    def __init__(self, shape: tuple[int, ...] | torch.Size, divisor: int = 8, mode: str = "sintel"):
+        if mode not in ("sintel", "kitti"):
+            raise ValueError(f"padding mode must be 'sintel' or 'kitti', got {mode!r}")
+        self.ht, self.wd = int(shape[-2]), int(shape[-1])
+        pad_ht = (math.ceil(self.ht / divisor) * divisor - self.ht) % divisor
+        pad_wd = (math.ceil(self.wd / divisor) * divisor - self.wd) % divisor
+        if mode == "sintel":
+            self._pad = [pad_wd // 2, pad_wd - pad_wd // 2, pad_ht // 2, pad_ht - pad_ht // 2]
+        else:
+            self._pad = [pad_wd // 2, pad_wd - pad_wd // 2, 0, pad_ht]
+
+    @property
+    def pad(self) -> list[int]:
+        """[left, right, top, bottom] in pixels."""
+        return list(self._pad)
+
+    @property
+    def is_identity(self) -> bool:
+        return not any(self._pad)
+
+    def pad_tensors(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
+        if self.is_identity:
+            return list(inputs)
+        return [F.pad(x, self._pad, mode="replicate") for x in inputs]
+
+    def unpad(self, x: torch.Tensor) -> torch.Tensor:
+        ht, wd = x.shape[-2:]
+        left, right, top, bottom = self._pad
+        return x[..., top:ht - bottom, left:wd - right]

@@ -1,0 +1,150 @@
+"""Model registry, official-checkpoint loading and parameter groups.
+
+A network file registers a factory with ``@register("name")``; ``build`` creates it, records how it was
+built on ``model.mlof_spec`` (name + options, used by mlof's own checkpoints) and loads weights.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+__all__ = ["register", "available", "build", "load_weights", "param_groups", "count_parameters",
+           "CheckpointMismatchError"]
+
+# name -> module that registers it (imported on demand, so one broken network never hides the others)
+_MODULES = {
+    "raft": "backbones.raft",
+    "raft_small": "backbones.raft",
+    "gma": "backbones.gma",
+    "kpaflow": "backbones.kpaflow",
+    "liteflownet2": "backbones.liteflownet2",
+    "upflow": "backbones.upflow",
+    "memflow": "backbones.memflow",
+}
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's keys or shapes do not fit the network."""
+
+
+def register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Class/function decorator: ``build(name, **options)`` will call ``factory(**options)``."""
+
+    def deco(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        _REGISTRY[name] = factory
+        return factory
+
+    return deco
+
+
+def _factory(name: str) -> Callable[..., nn.Module]:
+    if name not in _REGISTRY:
+        if name not in _MODULES:
+            raise ValueError(f"unknown backbone {name!r}; available: {', '.join(available())}")
+        importlib.import_module(_MODULES[name])
+    if name not in _REGISTRY:
+        raise ValueError(f"backbone {name!r} is not registered by {_MODULES[name]}")
+    return _REGISTRY[name]
+
+
+def available() -> list[str]:
+    """Names of the networks that can be built."""
+    names = []
+    for name, module in _MODULES.items():
+        if name not in _REGISTRY:
+            try:
+                importlib.import_module(module)
+            except ModuleNotFoundError as e:  # network not present in this install
+                if e.name != module:
+                    raise
+        if name in _REGISTRY:
+            names.append(name)
+    return sorted(names)
+
+
+def build(name: str, checkpoint: str | os.PathLike | dict | None = None, strict: bool = True,
+          **options: Any) -> nn.Module:
+    """Build network ``name`` with ``options`` and, if given, load ``checkpoint``.
+
+    checkpoint: a path to an official release file (``module.`` prefixes and ``{'model': ...}`` /
+    ``{'state_dict': ...}`` wrappers are accepted as they are), one of mlof's own checkpoints, or an
+    already loaded state dict. Loading is strict unless ``strict=False``.
+    """
+    model = _factory(name)(**options)
+    model.mlof_spec = {"name": name, "options": dict(options)}
+    if checkpoint is not None:
+        load_weights(model, checkpoint, strict=strict)
+    return model
+
+
+def _unwrap(obj: Any, source: str) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict) and obj.get("format") == "mlof":
+        obj = obj["state_dict"]
+    else:
+        for wrapper in ("state_dict", "model"):
+            if isinstance(obj, dict) and wrapper in obj and isinstance(obj[wrapper], dict):
+                obj = obj[wrapper]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointMismatchError(f"{source}: not a state dict (expected a dict of tensors, optionally "
+                                      f"inside 'model' or 'state_dict')")
+    if obj and all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def load_weights(model: nn.Module, checkpoint: str | os.PathLike | dict, strict: bool = True) -> nn.Module:
+    """Load weights into ``model`` in place; with ``strict`` every key and shape must match."""
+    source = str(checkpoint) if not isinstance(checkpoint, dict) else "state dict"
+    if isinstance(checkpoint, dict):
+        obj = checkpoint
+    else:
+        if not os.path.isfile(checkpoint):
+            raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
+        try:
+            obj = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        except Exception as e:  # pickle errors, truncated zip, ...
+            raise CheckpointMismatchError(f"{checkpoint}: cannot be read as a torch checkpoint ({e})") from e
+    sd = _unwrap(obj, source)
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    misshaped = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+                 for k in own if k in sd and sd[k].shape != own[k].shape]
+    if strict and (missing or unexpected or misshaped):
+        def fmt(title, items):
+            if not items:
+                return ""
+            shown = ", ".join(items[:20]) + (f", ... ({len(items)} in all)" if len(items) > 20 else "")
+            return f"\n  {title} ({len(items)}): {shown}"
+        raise CheckpointMismatchError(
+            f"{source} does not fit {type(model).__name__}:" + fmt("missing keys", missing)
+            + fmt("unexpected keys", unexpected) + fmt("mis-shaped keys", misshaped))
+    keep = {k: v for k, v in sd.items() if k in own and v.shape == own[k].shape}
+    model.load_state_dict(keep, strict=False)
+    return model
+
+
+def param_groups(model: nn.Module) -> dict[str, list[str]]:
+    """Named groups of parameter names, for choosing what adapts.
+
+    Networks define ``param_group_prefixes() -> dict[str, list[str]]`` (module-name prefixes); every group
+    lists the parameter names under its prefixes, and ``all`` lists every parameter.
+    """
+    names = [n for n, _ in model.named_parameters()]
+    groups: dict[str, list[str]] = {}
+    prefixes = model.param_group_prefixes() if hasattr(model, "param_group_prefixes") else {}
+    for group, pre in prefixes.items():
+        groups[group] = [n for n in names if any(n == p or n.startswith(p + ".") for p in pre)]
+    groups["all"] = names
+    return groups
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of learnable parameters (what the papers and ANCHORS.md report)."""
+    return sum(p.numel() for p in model.parameters())

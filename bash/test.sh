@@ -1,0 +1,13 @@
+#!/bin/sh
+# Installs what is missing (CPU torch 2.13.0 first, then mlof with its test extra) and runs the fast tests.
+# Extra arguments go to pytest, e.g. `sh bash/test.sh -m slow` or `sh bash/test.sh tests/test_io.py`.
+set -e
+cd "$(dirname "$0")/.."
+. bash/_env.sh
+mlof_install test
+set +e
+"$PY" -m pytest "$@"
+rc=$?
+# pytest exits 5 when no test was collected: that is not a failure of the code under test.
+if [ "$rc" -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi
+exit $rc
