@@ -75,15 +75,32 @@ def build(name: str, checkpoint: str | os.PathLike | dict | None = None, strict:
     ``{'state_dict': ...}`` wrappers are accepted as they are), one of mlof's own checkpoints, or an
     already loaded state dict. Loading is strict unless ``strict=False``.
     """
-    model = _factory(name)(**options)
+    factory = _factory(name)
+    try:
+        model = factory(**options)
+    except TypeError as e:
+        # An unknown option is the caller's mistake: say which network and which option.
+        if "unexpected keyword argument" in str(e):
+            raise ValueError(f"backbone {name!r}: {e}") from e
+        raise
     model.mlof_spec = {"name": name, "options": dict(options)}
     if checkpoint is not None:
         load_weights(model, checkpoint, strict=strict)
     return model
 
 
-def _unwrap(obj: Any, source: str) -> dict[str, torch.Tensor]:
+def _unwrap(obj: Any, source: str, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
     if isinstance(obj, dict) and obj.get("format") == "mlof":
+        version = obj.get("version", 1)
+        if not isinstance(version, int) or version > 1:
+            raise CheckpointMismatchError(f"{source}: mlof checkpoint version {version!r} is newer than this "
+                                          f"code understands (1)")
+        spec = getattr(model, "mlof_spec", None)
+        saved = (obj.get("backbone") or {}).get("name")
+        if spec is not None and saved is not None and saved != spec["name"]:
+            raise CheckpointMismatchError(f"{source} holds a {saved!r} network, not {spec['name']!r}")
+        if "state_dict" not in obj:
+            raise CheckpointMismatchError(f"{source}: mlof checkpoint without a 'state_dict' entry")
         obj = obj["state_dict"]
     else:
         for wrapper in ("state_dict", "model"):
@@ -110,7 +127,7 @@ def load_weights(model: nn.Module, checkpoint: str | os.PathLike | dict, strict:
             obj = torch.load(checkpoint, map_location="cpu", weights_only=True)
         except Exception as e:  # pickle errors, truncated zip, ...
             raise CheckpointMismatchError(f"{checkpoint}: cannot be read as a torch checkpoint ({e})") from e
-    sd = _unwrap(obj, source)
+    sd = _unwrap(obj, source, model)
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]

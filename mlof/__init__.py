@@ -17,7 +17,7 @@ _LAZY = {
     "OnlineAdapter": ("mlof.api", "OnlineAdapter"),
     "load": ("mlof.checkpoint", "load"),
 }
-_SUBMODULES = {"io", "metrics", "viz", "losses", "data", "meta", "api", "checkpoint", "cli", "train"}
+_SUBMODULES = {"io", "metrics", "viz", "losses", "data", "meta", "api", "checkpoint", "cli", "train", "samples", "utils"}
 
 
 def __getattr__(name: str):

@@ -1,0 +1,122 @@
+"""Parts shared by the PWC-style pyramid networks (UPFlow, LiteFlowNet2): local cost volume, feature warping,
+flow resizing.
+
+Everything is pure torch, differentiable and device-agnostic; none of it needs the CUDA-only correlation
+packages the official code bases ship.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from backbones.layers.grid import coords_grid
+
+__all__ = ["local_correlation", "warp", "resize_flow", "DENSE_CORRELATION_MAX_ELEMENTS"]
+
+
+# Above this many elements in the product tensor (N * C * H' * W' * D^2; 2^26 floats = 256 MB) the cost volume
+# is built one displacement at a time instead of in one batched product.
+DENSE_CORRELATION_MAX_ELEMENTS = 2 ** 26
+
+
+def local_correlation(feat1: torch.Tensor, feat2: torch.Tensor, max_displacement: int, stride: int = 1,
+                      dilation_patch: int = 1, reduction: str = "sum",
+                      max_elements: int = DENSE_CORRELATION_MAX_ELEMENTS) -> torch.Tensor:
+    """Local cost volume between two feature maps (FlowNet/PWC correlation, kernel size 1, zero padding).
+
+    feat1, feat2: N x C x H x W.
+    Output: N x D^2 x H' x W' with D = 2 * max_displacement + 1 and H' = ceil(H / stride); channel
+    ``(dy + d) * D + (dx + d)`` (dy major, as the official CUDA ops and UPFlow's ``Corr_pyTorch``) holds
+    ``reduce_c feat1[c, y*s, x*s] * feat2[c, y*s + dy*p, x*s + dx*p]`` for displacements
+    ``dy, dx in [-d, d]`` scaled by ``p = dilation_patch``; positions outside feat2 read zero.
+    reduction: ``"sum"`` over channels (mmcv ``Correlation``) or ``"mean"`` (UPFlow).
+
+    Memory is bounded: while the product tensor has at most ``max_elements`` entries it is formed in one batch
+    (laid out N x C x H' x W' x D^2, the layout of UPFlow's official ``Corr_pyTorch``, so the channel reduction
+    rounds exactly as there); above that the volume is built one displacement at a time (output plus one
+    product map). The two paths differ only in float rounding (~1e-7 relative).
+    """
+    if feat1.dim() != 4 or feat1.shape != feat2.shape:
+        raise ValueError(f"feat1 and feat2 must be N x C x H x W of equal shape, got {tuple(feat1.shape)} "
+                         f"and {tuple(feat2.shape)}")
+    if max_displacement < 0 or stride < 1 or dilation_patch < 1:
+        raise ValueError(f"need max_displacement >= 0, stride >= 1, dilation_patch >= 1; got "
+                         f"{max_displacement}, {stride}, {dilation_patch}")
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+    r = max_displacement * dilation_patch
+    f1 = feat1[:, :, ::stride, ::stride]
+    n, c, ho, wo = f1.shape
+    f2 = F.pad(feat2, [r, r, r, r])
+    span_h, span_w = (ho - 1) * stride + 1, (wo - 1) * stride + 1
+    reduce = torch.mean if reduction == "mean" else torch.sum
+    offsets = [(r + dy * dilation_patch, r + dx * dilation_patch)
+               for dy in range(-max_displacement, max_displacement + 1)
+               for dx in range(-max_displacement, max_displacement + 1)]
+
+    def shifted(y0: int, x0: int) -> torch.Tensor:
+        return f2[:, :, y0:y0 + span_h:stride, x0:x0 + span_w:stride]
+
+    if n * c * ho * wo * len(offsets) <= max_elements:
+        # Same strides as Corr_pyTorch's operands (a D^2-innermost volume seen as N x D^2 x C x HW), so the
+        # elementwise product gets the same memory layout and the channel reduction the same rounding.
+        volume = torch.stack([shifted(y0, x0) for y0, x0 in offsets], dim=-1).view(n, c, ho * wo, -1)
+        prod = volume.permute(0, 3, 1, 2) * f1.reshape(n, 1, c, ho * wo)
+        return reduce(prod, dim=2).reshape(n, -1, ho, wo)
+    return torch.stack([reduce(f1 * shifted(y0, x0), dim=1) for y0, x0 in offsets], dim=1)
+
+
+def _sampling_grid(flow: torch.Tensor) -> torch.Tensor:
+    """grid_sample grid (N x H x W x 2, align_corners=True) for pixel positions ``x + flow(x)``.
+
+    Normalised exactly as the official code does (``2 * (x + u) / max(W - 1, 1) - 1``), so the sampled values
+    and the hard validity mask below are bit-compatible with it.
+    """
+    n, _, h, w = flow.shape
+    pos = coords_grid(n, h, w, device=flow.device, dtype=flow.dtype) + flow
+    gx = 2.0 * pos[:, 0] / max(w - 1, 1) - 1.0
+    gy = 2.0 * pos[:, 1] / max(h - 1, 1) - 1.0
+    return torch.stack((gx, gy), dim=-1)
+
+
+def warp(x: torch.Tensor, flow: torch.Tensor, mask_threshold: float | None = None,
+         strict: bool = False) -> torch.Tensor:
+    """Backward warp: ``out(p) = x(p + flow(p))`` by bilinear sampling with zero padding.
+
+    x: N x C x H x W; flow: N x 2 x H x W in pixels (x then y). Returns N x C x H x W.
+    mask_threshold: if given, zero every output pixel whose bilinear weights over in-image pixels (the result of
+    warping a tensor of ones) is below the threshold, as the official PWC-family layers do: UPFlow keeps
+    ``ones_warped >= 1.0`` (``strict=False``), mmflow keeps ``ones_warped > 0.9999`` (``strict=True``).
+    UPFlow's hard ``>= 1.0`` test sits on float rounding for ~1-2% of in-image pixels (a bilinear sum of ones
+    is 0.99999994 there); we compute the mask with the same grid_sample call so it flips exactly as the
+    official one does, and no gradient flows through it.
+    """
+    if x.dim() != 4 or flow.dim() != 4 or flow.shape[1] != 2 or x.shape[-2:] != flow.shape[-2:] \
+            or x.shape[0] != flow.shape[0]:
+        raise ValueError(f"warp needs x N x C x H x W and flow N x 2 x H x W on the same grid, got "
+                         f"{tuple(x.shape)} and {tuple(flow.shape)}")
+    grid = _sampling_grid(flow)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    if mask_threshold is None:
+        return out
+    with torch.no_grad():
+        ones = torch.ones_like(x[:, :1])
+        weight = F.grid_sample(ones, grid.detach(), mode="bilinear", padding_mode="zeros", align_corners=True)
+        keep = weight > mask_threshold if strict else weight >= mask_threshold
+    return out * keep.to(out.dtype)
+
+
+def resize_flow(flow: torch.Tensor, size: tuple[int, int] | torch.Size, align_corners: bool = True,
+                scale: bool = True) -> torch.Tensor:
+    """Bilinearly resize a flow field N x 2 x h x w to ``size`` (H, W).
+
+    With ``scale`` the vectors are rescaled to the new grid (u * W / w, v * H / h), as PWC-family code does;
+    without it the values are kept (for flows stored in resolution-independent units, e.g. LiteFlowNet's /20).
+    """
+    h, w = flow.shape[-2:]
+    size = (int(size[0]), int(size[1]))
+    out = F.interpolate(flow, size=size, mode="bilinear", align_corners=align_corners)
+    if scale:
+        factor = torch.tensor([size[1] / w, size[0] / h], device=flow.device, dtype=flow.dtype).view(1, 2, 1, 1)
+        out = out * factor
+    return out

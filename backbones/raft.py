@@ -1,0 +1,287 @@
+"""RAFT (Teed & Deng, ECCV 2020) and RAFT-small, on a base class shared by the RAFT family.
+
+``RAFTBase`` owns everything the RAFT-style networks have in common: input checks, normalisation
+2 * (I / 255) - 1, padding to a multiple of 8 (and cropping back), the correlation choice, the iteration loop
+and upsampling. A network subclass creates its modules (official names, so official checkpoints load) and
+overrides the hooks it changes:
+
+    encode_features(x1, x2) -> (fmap1, fmap2)          feature encoder on both images (one batched pass)
+    encode_context(x1) -> Context                      GRU state, context features, extras (e.g. attention)
+    make_corr(fmap1, fmap2)                            correlation block (dense / ondemand / auto)
+    update_step(ctx, net, corr, flow, itr, compute_mask) -> (net, mask | None, delta_flow)
+    upsample(flow_low, mask) -> full-resolution flow   convex (mask) or bilinear (no mask)
+
+Test mode differs from the official code in one way that does not change results: the upsampling mask and the
+upsampled flow are computed only for the last iteration (the official test path computes and discards them at
+every iteration).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from backbones.base import FlowOutput, InputPadder, validate_images
+from backbones.layers.corr import CORR_KINDS, DEFAULT_MEMORY_BUDGET, build_corr
+from backbones.layers.encoders import BasicEncoder, SmallEncoder
+from backbones.layers.grid import coords_grid
+from backbones.layers.update import BasicUpdateBlock, SmallUpdateBlock
+from backbones.layers.upsample import convex_upsample, upsample_flow
+from backbones.registry import register
+
+__all__ = ["Context", "RAFTBase", "RAFT", "RAFTSmall", "PADDING_MODES"]
+
+PADDING_MODES = ("sintel", "kitti")
+
+
+@dataclass
+class Context:
+    """What the context encoder gives the iterations (all batch-first, at 1/8 resolution).
+
+    net: N x hidden x H x W initial GRU state (tanh); inp: N x context x H x W context features (relu);
+    extras: network-specific batch-first tensors (GMA: ``attention`` N x heads x HW x HW).
+    """
+
+    net: torch.Tensor
+    inp: torch.Tensor
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @staticmethod
+    def cat(contexts: list["Context"]) -> "Context":
+        """Concatenate along the batch axis (extras must be batch-first tensors)."""
+        first = contexts[0]
+        return Context(torch.cat([c.net for c in contexts]), torch.cat([c.inp for c in contexts]),
+                       {k: torch.cat([c.extras[k] for c in contexts]) for k in first.extras})
+
+
+class RAFTBase(nn.Module):
+    """Shared machinery of RAFT-style networks. Subclasses set the class attributes and create
+    ``fnet``, ``cnet`` and ``update_block`` (and any extra modules) in their ``__init__``.
+
+    Options (keyword-only, shared by every RAFT-family network):
+        corr: "dense" (official all-pairs pyramid) | "ondemand" (memory-bounded lookup) | "auto" (dense while its
+              pyramid fits ``corr_memory_budget`` bytes).
+        padding: "sintel" (pad both sides) | "kitti" (height padding at the bottom), replicate, to a multiple of 8.
+        freeze_bn: keep BatchNorm layers in eval mode even in ``train()`` (official training after Chairs).
+        dropout: Dropout2d probability on the encoder outputs (training only).
+        mixed_precision: run encoders and update block under CUDA autocast (as official ``--mixed_precision``;
+              a no-op on CPU, as official). Correlation always runs in float32.
+    """
+
+    hidden_dim = 128
+    context_dim = 128
+    corr_levels = 4
+    corr_radius = 4
+    factor = 8  # resolution of the iterations: 1/8
+
+    fnet: nn.Module
+    cnet: nn.Module
+    update_block: nn.Module
+
+    def __init__(self, *, corr: str = "dense", padding: str = "sintel", freeze_bn: bool = False,
+                 dropout: float = 0.0, mixed_precision: bool = False,
+                 corr_memory_budget: int = DEFAULT_MEMORY_BUDGET):
+        super().__init__()
+        if corr not in CORR_KINDS:
+            raise ValueError(f"corr must be one of {', '.join(CORR_KINDS)}, got {corr!r}")
+        if padding not in PADDING_MODES:
+            raise ValueError(f"padding must be one of {', '.join(PADDING_MODES)}, got {padding!r}")
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if int(corr_memory_budget) <= 0:
+            raise ValueError(f"corr_memory_budget must be a positive number of bytes, got {corr_memory_budget}")
+        self.corr = corr
+        self.padding = padding
+        self.dropout = float(dropout)
+        self.mixed_precision = bool(mixed_precision)
+        self.corr_memory_budget = int(corr_memory_budget)
+        self._freeze_bn = bool(freeze_bn)
+
+    # ----------------------------------------------------------------------------------------------- options
+    @property
+    def min_input_size(self) -> int:
+        """Smallest image side: after padding to a multiple of 8, the coarsest correlation level (1/8 pooled
+        ``corr_levels - 1`` times) must keep at least one pixel, i.e. 64 px padded for 4 levels."""
+        return self.factor * 2 ** (self.corr_levels - 1) - (self.factor - 1)
+
+    def freeze_bn(self, enabled: bool = True) -> "RAFTBase":
+        """Keep every BatchNorm layer in eval mode (running statistics frozen), also after ``train()``."""
+        self._freeze_bn = bool(enabled)
+        return self.train(self.training)
+
+    def train(self, mode: bool = True) -> "RAFTBase":
+        super().train(mode)
+        if self._freeze_bn:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    def param_group_prefixes(self) -> dict[str, list[str]]:
+        """Module prefixes of the parameter groups used by ``backbones.param_groups`` (a partition)."""
+        return {"feature_encoder": ["fnet"], "context_encoder": ["cnet"], "update_block": ["update_block"]}
+
+    def _autocast(self, device: torch.device):
+        if self.mixed_precision and device.type == "cuda":
+            return torch.autocast(device_type="cuda")
+        return contextlib.nullcontext()
+
+    # ------------------------------------------------------------------------------------------------- hooks
+    @staticmethod
+    def normalize(image: torch.Tensor) -> torch.Tensor:
+        """0..255 -> -1..1, as official."""
+        return 2 * (image / 255.0) - 1.0
+
+    def encode_features(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised images N x 3 x H x W -> float32 feature maps N x C x H/8 x W/8 (one batched pass)."""
+        with self._autocast(x1.device):
+            fmap1, fmap2 = self.fnet([x1, x2])
+        return fmap1.float(), fmap2.float()
+
+    def encode_context(self, x1: torch.Tensor) -> Context:
+        """Normalised image N x 3 x H x W -> Context (GRU state tanh, context features relu)."""
+        with self._autocast(x1.device):
+            net, inp = torch.split(self.cnet(x1), [self.hidden_dim, self.context_dim], dim=1)
+            return Context(torch.tanh(net), torch.relu(inp))
+
+    def make_corr(self, fmap1: torch.Tensor, fmap2: torch.Tensor):
+        return build_corr(self.corr, fmap1, fmap2, num_levels=self.corr_levels, radius=self.corr_radius,
+                          memory_budget=self.corr_memory_budget)
+
+    def update_step(self, ctx: Context, net: torch.Tensor, corr: torch.Tensor, flow: torch.Tensor, itr: int,
+                    compute_mask: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """One GRU iteration: -> (new GRU state, upsampling mask or None, flow update N x 2 x H/8 x W/8)."""
+        with self._autocast(net.device):
+            return self.update_block(net, ctx.inp, corr, flow, compute_mask=compute_mask)
+
+    def upsample(self, flow_low: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Coarse flow N x 2 x H/8 x W/8 -> N x 2 x H x W (convex with a mask, bilinear without)."""
+        if mask is None:
+            return upsample_flow(flow_low, self.factor)
+        return convex_upsample(flow_low, mask.float(), self.factor)
+
+    # ------------------------------------------------------------------------------------------------- loop
+    def refine(self, ctx: Context, corr_fn, coords0: torch.Tensor, coords1: torch.Tensor, iters: int,
+               keep_all: bool) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """Run ``iters`` GRU iterations from ``coords1``. Returns (coarse flow, final full-res flow, every
+        iteration's full-res flow if ``keep_all`` else [])."""
+        net = ctx.net
+        flows: list[torch.Tensor] = []
+        flow_up = None
+        for itr in range(iters):
+            coords1 = coords1.detach()  # official: no gradient through the lookup positions
+            corr = corr_fn(coords1)
+            flow = coords1 - coords0
+            need_up = keep_all or itr == iters - 1
+            net, mask, delta_flow = self.update_step(ctx, net, corr, flow, itr, need_up)
+            coords1 = coords1 + delta_flow
+            if need_up:
+                flow_up = self.upsample(coords1 - coords0, mask)
+                if keep_all:
+                    flows.append(flow_up)
+        return coords1 - coords0, flow_up, flows
+
+    def _check_call(self, image1: torch.Tensor, image2: torch.Tensor, iters: int) -> None:
+        validate_images(image1, image2, min_size=self.min_input_size)
+        if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
+            raise ValueError(f"iters must be a positive integer, got {iters!r}")
+
+    def _check_flow_init(self, name: str, flow_init: torch.Tensor | None, shape: tuple[int, ...]) -> None:
+        if flow_init is None:
+            return
+        if not isinstance(flow_init, torch.Tensor) or tuple(flow_init.shape) != shape:
+            got = tuple(flow_init.shape) if isinstance(flow_init, torch.Tensor) else type(flow_init).__name__
+            raise ValueError(f"{name} must be the coarse flow N x 2 x H/8 x W/8 on the padded grid "
+                             f"({shape}), got {got}")
+        if not bool(torch.isfinite(flow_init).all()):
+            raise ValueError(f"{name} contains NaN or inf values")
+
+    def forward(self, image1: torch.Tensor, image2: torch.Tensor, iters: int = 12,
+                flow_init: torch.Tensor | None = None, return_all: bool = False, bidirectional: bool = False,
+                flow_init_bw: torch.Tensor | None = None) -> FlowOutput:
+        """Flow from image1 to image2.
+
+        image1, image2: float N x 3 x H x W, values 0..255, any size >= ``min_input_size``.
+        flow_init: optional warm start, the coarse flow N x 2 x H'/8 x W'/8 on the padded grid (a previous
+        ``out.flow_low``). Returns FlowOutput(flow N x 2 x H x W, flow_low on the padded 1/8 grid,
+        flows = every iteration's full-res flow when training or ``return_all``, else []).
+        bidirectional=True also estimates image2 -> image1 from the same features (one encoder pass) and puts
+        it in ``extras``: ``flow_bw``, ``flow_bw_low``, ``flows_bw`` (warm start: ``flow_init_bw``).
+        """
+        self._check_call(image1, image2, iters)
+        padder = InputPadder(image1.shape, divisor=self.factor, mode=self.padding)
+        dtype = next(self.parameters()).dtype
+        im1, im2 = padder.pad_tensors(image1.to(dtype), image2.to(dtype))
+        n, _, h, w = im1.shape
+        low_shape = (n, 2, h // self.factor, w // self.factor)
+        self._check_flow_init("flow_init", flow_init, low_shape)
+        self._check_flow_init("flow_init_bw", flow_init_bw, low_shape)
+
+        x1, x2 = self.normalize(im1).contiguous(), self.normalize(im2).contiguous()
+        fmap1, fmap2 = self.encode_features(x1, x2)
+        ctx = self.encode_context(x1)
+        inits = [flow_init]
+        if bidirectional:
+            # Both directions in one batch of 2N: features computed once, context per image (separate calls
+            # so BatchNorm in training mode sees the same batches as two single-direction calls).
+            fmap1, fmap2 = torch.cat([fmap1, fmap2]), torch.cat([fmap2, fmap1])
+            ctx = Context.cat([ctx, self.encode_context(x2)])
+            inits.append(flow_init_bw)
+        corr_fn = self.make_corr(fmap1, fmap2)
+
+        batch = fmap1.shape[0]
+        coords0 = coords_grid(batch, h // self.factor, w // self.factor, device=fmap1.device)
+        coords1 = coords0.clone()
+        if any(f is not None for f in inits):
+            init = torch.cat([f.float() if f is not None else torch.zeros(low_shape, device=coords0.device)
+                              for f in inits])
+            coords1 = coords1 + init
+        keep_all = self.training or return_all
+        flow_low, flow_up, flows = self.refine(ctx, corr_fn, coords0, coords1, iters, keep_all)
+
+        flow = padder.unpad(flow_up)
+        flows = [padder.unpad(f) for f in flows]
+        if not bidirectional:
+            return FlowOutput(flow=flow, flow_low=flow_low, flows=flows)
+        extras = {"flow_bw": flow[n:], "flow_bw_low": flow_low[n:], "flows_bw": [f[n:] for f in flows]}
+        return FlowOutput(flow=flow[:n], flow_low=flow_low[:n], flows=[f[:n] for f in flows], extras=extras)
+
+    def forward_bidirectional(self, image1: torch.Tensor, image2: torch.Tensor, **kwargs: Any) -> FlowOutput:
+        """``forward(..., bidirectional=True)``: forward flow in ``flow``, backward flow in ``extras['flow_bw']``."""
+        return self.forward(image1, image2, bidirectional=True, **kwargs)
+
+
+@register("raft")
+class RAFT(RAFTBase):
+    """RAFT: BasicEncoder features (256, instance norm) and context (128 + 128, batch norm), 4-level all-pairs
+    correlation radius 4, SepConvGRU update with convex 8x upsampling. 5,257,536 parameters."""
+
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        self.fnet = BasicEncoder(output_dim=256, norm_fn="instance", dropout=self.dropout)
+        self.cnet = BasicEncoder(output_dim=self.hidden_dim + self.context_dim, norm_fn="batch",
+                                 dropout=self.dropout)
+        self.update_block = BasicUpdateBlock(self.corr_levels, self.corr_radius, hidden_dim=self.hidden_dim,
+                                             input_dim=self.context_dim)
+        self.train(self.training)
+
+
+@register("raft_small")
+class RAFTSmall(RAFTBase):
+    """RAFT-small: SmallEncoder features (128, instance norm) and context (96 + 64, no norm), radius 3,
+    ConvGRU(96) update, bilinear 8x upsampling. 990,162 parameters."""
+
+    hidden_dim = 96
+    context_dim = 64
+    corr_radius = 3
+
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        self.fnet = SmallEncoder(output_dim=128, norm_fn="instance", dropout=self.dropout)
+        self.cnet = SmallEncoder(output_dim=self.hidden_dim + self.context_dim, norm_fn="none",
+                                 dropout=self.dropout)
+        self.update_block = SmallUpdateBlock(self.corr_levels, self.corr_radius, hidden_dim=self.hidden_dim,
+                                             input_dim=self.context_dim)

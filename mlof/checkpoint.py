@@ -1,0 +1,137 @@
+"""mlof's one checkpoint format: save atomically, read with ``weights_only=True``, rebuild the network.
+
+A checkpoint is a plain dict (every value a tensor, number, string, list or dict, so that
+``torch.load(path, weights_only=True)`` reads it)::
+
+    format      "mlof"
+    version     1
+    backbone    {"name": str, "options": dict}   how to rebuild the network (``backbones.build``)
+    state_dict  {parameter/buffer name: tensor}  on CPU
+    # training runs add:
+    step        int                  optimizer steps done
+    optimizer   optimizer.state_dict()
+    scheduler   scheduler.state_dict() or None
+    rng         {"torch", "numpy", "python", "cuda"}  (see mlof.train.seeding.capture_rng)
+    recipe      the resolved run configuration (plain dict)
+    metrics     last logged metrics (plain dict)
+
+Official release files (RAFT, GMA, ...) carry no backbone name: load them with
+``mlof.load(path, backbone="raft")``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mlof.utils import atomic_open
+
+__all__ = ["FORMAT", "VERSION", "CheckpointError", "save_checkpoint", "load_checkpoint", "load",
+           "is_mlof_checkpoint", "unwrap_model"]
+
+FORMAT = "mlof"
+VERSION = 1
+_RESERVED = ("format", "version", "backbone", "state_dict")
+
+
+class CheckpointError(ValueError):
+    """A file is not a readable mlof checkpoint, or does not say how to rebuild its network."""
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The bare network inside DistributedDataParallel / DataParallel wrappers."""
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    return model
+
+
+def _backbone_spec(model: nn.Module) -> dict[str, Any]:
+    spec = getattr(model, "mlof_spec", None)
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise CheckpointError(f"{type(model).__name__} has no mlof_spec (name + options); build networks with "
+                              f"backbones.build(name, **options) so that the checkpoint can rebuild them")
+    return {"name": str(spec["name"]), "options": dict(spec.get("options") or {})}
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra: Any) -> Path:
+    """Write ``model`` (and training state in ``extra``) to ``path`` atomically; returns the path.
+
+    extra: any of step, optimizer, scheduler, rng, recipe, metrics, or other weights_only-safe values.
+    A reader never sees a half-written file: the data goes to a temporary file that replaces ``path``
+    in one rename (``kill -9`` at any moment leaves the previous complete file).
+    """
+    clash = [k for k in extra if k in _RESERVED]
+    if clash:
+        raise ValueError(f"save_checkpoint: {', '.join(clash)} are written by the checkpoint itself")
+    net = unwrap_model(model)
+    payload: dict[str, Any] = {
+        "format": FORMAT,
+        "version": VERSION,
+        "backbone": _backbone_spec(net),
+        "state_dict": {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()},
+    }
+    payload.update(extra)
+    path = Path(path)
+    with atomic_open(path, "wb") as f:
+        torch.save(payload, f)
+    return path
+
+
+def _read(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, pickled objects that weights_only refuses, not a torch file
+        raise CheckpointError(f"{path}: cannot be read as a torch checkpoint with weights_only=True ({e})") from e
+
+
+def is_mlof_checkpoint(obj: Any) -> bool:
+    """True for a loaded dict in mlof's format."""
+    return isinstance(obj, dict) and obj.get("format") == FORMAT
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read an mlof checkpoint as its dict (``weights_only=True``); ``CheckpointError`` for anything else."""
+    obj = _read(path, map_location)
+    if not is_mlof_checkpoint(obj):
+        raise CheckpointError(f"{path} is not an mlof checkpoint (no 'format': 'mlof' entry); official release "
+                              f"files load with mlof.load(path, backbone=NAME)")
+    version = obj.get("version")
+    if not isinstance(version, int) or version > VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {version!r} is newer than this mlof reads ({VERSION})")
+    for key in ("backbone", "state_dict"):
+        if key not in obj:
+            raise CheckpointError(f"{path}: mlof checkpoint lacks its {key!r} entry")
+    return obj
+
+
+def load(path: str | os.PathLike, backbone: str | None = None, map_location: str | torch.device = "cpu",
+         strict: bool = True, **options: Any) -> nn.Module:
+    """Rebuild the network stored in ``path`` and return it in eval mode on ``map_location``.
+
+    mlof checkpoints rebuild from their stored backbone name and options. Official release files
+    (no stored name) need ``backbone=NAME`` (and the build ``options``, e.g. ``dataset="kitti"`` for
+    KPA-Flow): they load through ``backbones.build(NAME, checkpoint=path, **options)``.
+    """
+    import backbones
+
+    obj = _read(path, "cpu")
+    if is_mlof_checkpoint(obj):
+        ckpt = load_checkpoint(path)
+        spec = ckpt["backbone"]
+        if backbone is not None and backbone != spec["name"]:
+            raise CheckpointError(f"{path} holds a {spec['name']!r} network, not {backbone!r}")
+        model = backbones.build(spec["name"], **{**spec.get("options", {}), **options})
+        backbones.load_weights(model, ckpt, strict=strict)
+    else:
+        if backbone is None:
+            raise CheckpointError(f"{path} is not an mlof checkpoint and stores no backbone name; say which "
+                                  f"network it is: mlof.load(path, backbone=NAME), NAME one of "
+                                  f"{', '.join(backbones.available())}")
+        model = backbones.build(backbone, checkpoint=obj, strict=strict, **options)
+    return model.to(map_location).eval()

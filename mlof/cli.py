@@ -1,0 +1,346 @@
+"""The ``mlof`` command line: ``mlof <subcommand> [--config recipes/X.yaml] [key=value ...]``.
+
+Subcommands: pretrain, meta-train, adapt (meta-inference), evaluate, infer, bench, synth, models.
+Configuration = the subcommand's defaults <- the YAML recipe <- ``key=value`` overrides (OmegaConf dotlist:
+``steps=200``, ``model.options.corr=ondemand``, ``sizes=[[224,320]]``); an unknown key is an error naming it.
+``mlof <subcommand> --help`` lists every key with its default. Outputs go to ``runs/<name>/``.
+User errors print one line (``mlof <subcommand>: error: ...``) and exit with status 2; ``MLOF_DEBUG=1``
+shows the traceback. Multi-process training: ``torchrun --nproc_per_node=2 -m mlof.cli pretrain ...``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import textwrap
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
+
+from omegaconf import OmegaConf
+
+__all__ = ["main", "build_parser", "COMMANDS"]
+
+
+# --------------------------------------------------------------------------------------- subcommand handlers
+def _defaults(kind: str) -> Any:
+    if kind == "pretrain":
+        from mlof.train.pretrain import PretrainConfig
+        return PretrainConfig
+    if kind == "meta-train":
+        from mlof.train.meta_train import MetaTrainConfig
+        return MetaTrainConfig
+    if kind == "adapt":
+        from mlof.train.inference import AdaptConfig
+        return AdaptConfig
+    if kind == "infer":
+        from mlof.train.inference import InferConfig
+        return InferConfig
+    if kind == "evaluate":
+        from mlof.evaluate import EvaluateConfig
+        return EvaluateConfig
+    if kind == "bench":
+        from mlof.bench import BenchConfig
+        return BenchConfig
+    if kind == "models":
+        return ModelsConfig
+    raise KeyError(kind)
+
+
+def _say(msg: str = "") -> None:
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(msg, flush=True)
+
+
+def _train(kind: str, cfg: Any, args: argparse.Namespace) -> int:
+    from mlof.train.runner import run_training
+
+    if kind == "pretrain":
+        from mlof.train.pretrain import PretrainJob as Job
+    else:
+        from mlof.train.meta_train import MetaTrainJob as Job
+    summary = run_training(Job, cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    train = summary.get("train") or {}
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in list(train.items())[:4])
+    _say(f"{kind}: {summary['step']} steps done ({summary['world_size']} process(es), "
+         f"{summary['wall_time_s']:.0f} s){': ' + shown if shown else ''}")
+    _say(f"  run folder:  {summary['run_dir']}   (tensorboard --logdir {summary['run_dir']})")
+    _say(f"  checkpoint:  {summary['checkpoint']}")
+    return 0
+
+
+def _fmt(x: Any) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def _adapt(cfg: Any, args: argparse.Namespace) -> int:
+    from mlof.train.inference import run_adapt
+
+    s = run_adapt(cfg, progress=not args.quiet)
+    _say(f"adapt ({s['mode']}) on {s['input']}: {s['pairs']} pair(s), {s['seconds']:.1f} s")
+    if s["scored_pairs"]:
+        _say(f"  EPE before adaptation: {_fmt(s['epe_before'])} px")
+        _say(f"  EPE after adaptation:  {_fmt(s['epe_after'])} px   (mean over {s['scored_pairs']} pair(s) "
+             f"with ground truth)")
+    _say(f"  outputs: {s['run_dir']}  (flows/, metrics.json, TensorBoard events)")
+    return 0
+
+
+def _infer(cfg: Any, args: argparse.Namespace) -> int:
+    from mlof.train.inference import run_infer
+
+    s = run_infer(cfg, progress=not args.quiet)
+    _say(f"infer on {s['input']}: {s['pairs']} pair(s), {s['seconds_per_pair']:.2f} s per pair"
+         + (f", EPE {s['epe']:.3f} px" if s.get("epe") is not None else ""))
+    _say(f"  flows: {s['flows']}")
+    return 0
+
+
+def _evaluate(cfg: Any, args: argparse.Namespace) -> int:
+    from mlof.evaluate import evaluate
+    from mlof.train.distributed import resolve_device
+    from mlof.train.pretrain import panel
+    from mlof.train.rundir import RunDir
+    from mlof.train.seeding import seed_everything
+    from mlof.train.setup import build_data, build_model
+
+    obj = OmegaConf.to_object(cfg)
+    device = resolve_device(obj.device)
+    seed_everything(obj.seed)
+    model = build_model(obj.model, device).eval()
+    data_cfg = obj.data
+    dataset = build_data(data_cfg)
+    run = RunDir(cfg.out_dir, cfg.name)
+    run.save_config(cfg)
+
+    def on_sample(i: int, sample: Any, flow: Any, metrics: dict) -> None:
+        run.log_scalars(i, {k: v for k, v in metrics.items() if k in ("epe", "fl_all")}, prefix="eval/sample_")
+        if i < cfg.images:
+            batch = {k: (v[None] if hasattr(v, "dim") else v) for k, v in sample.items()}
+            run.log_image(i, "eval/panel", panel(batch, flow[None]))
+
+    adapt = dict(obj.adapt) if obj.adapt else None
+    summary = evaluate(model, dataset, dataset_name=data_cfg.name, iters=cfg.iters, padding=cfg.padding,
+                       warm_start=cfg.warm_start, max_samples=cfg.max_samples, adapt=adapt,
+                       progress=not args.quiet, on_sample=on_sample)
+    run.log_scalars(0, {k: v for k, v in summary.items() if isinstance(v, float)}, prefix="eval/")
+    path = run.write_metrics(summary)
+    run.close()
+    head = ", ".join(f"{k} {v:.3f}" for k, v in summary["headline"].items())
+    _say(f"evaluate on {data_cfg.name} ({summary['num_images']} pairs, iters {summary['iters']}, padding "
+         f"{summary['padding']}{', adapted' if adapt else ''}): {head}")
+    _say(f"  metrics: {path}")
+    return 0
+
+
+def _bench(cfg: Any, args: argparse.Namespace) -> int:
+    import torch
+
+    from mlof.bench import BenchConfig, bench, format_table
+    from mlof.train.distributed import resolve_device
+    from mlof.train.rundir import RunDir
+
+    obj: BenchConfig = OmegaConf.to_object(cfg)
+    if obj.threads > 0:
+        torch.set_num_threads(obj.threads)
+    device = resolve_device(obj.device)
+    rows = bench(obj, device, progress=None if args.quiet else (lambda m: print(f"  measuring {m}", flush=True)))
+    run = RunDir(obj.out_dir, obj.name)
+    run.save_config(cfg)
+    info = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}
+    run.write_json("bench.json", info)
+    run.write_metrics(info)
+    run.close()
+    print(format_table(rows))
+    _say(f"  json: {run.path / 'bench.json'}")
+    return 0
+
+
+@dataclass
+class ModelsConfig:
+    """``mlof models``: the available networks with their parameter counts."""
+
+    name: str = "models"
+    out_dir: str = "runs"
+    names: Any = None        # list of names; None: every available network
+    format: str = "table"    # table | json
+
+
+def _models(cfg: Any, args: argparse.Namespace) -> int:
+    import backbones
+    from mlof.train.rundir import RunDir
+
+    if cfg.format not in ("table", "json"):
+        from mlof.train.config import ConfigError
+        raise ConfigError(f"format: {cfg.format!r} is not one of table, json")
+    names = list(cfg.names) if cfg.names else backbones.available()
+    rows = []
+    for name in names:
+        model = backbones.build(name)
+        groups = backbones.param_groups(model)
+        rows.append({"name": name, "parameters": backbones.count_parameters(model),
+                     "groups": sorted(g for g in groups if g != "all")})
+    run = RunDir(cfg.out_dir, cfg.name, tensorboard=False)
+    run.write_json("models.json", rows)
+    if cfg.format == "json":
+        print(json.dumps(rows, indent=2))
+    else:
+        width = max(len(r["name"]) for r in rows) if rows else 4
+        print(f"{'name'.ljust(width)}  {'parameters':>12}  parameter groups")
+        for r in rows:
+            print(f"{r['name'].ljust(width)}  {r['parameters']:>12,}  {', '.join(r['groups'])}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ synth glue
+def _synth(args: argparse.Namespace, parser: argparse.ArgumentParser, extra: Sequence[str]) -> int:
+    from mlof.data import synth_cli
+
+    settings: dict[str, Any] = {}
+    if args.config:
+        from mlof.train.config import ConfigError
+        if not os.path.isfile(args.config):
+            raise ConfigError(f"recipe {args.config} does not exist")
+        loaded = OmegaConf.to_container(OmegaConf.load(args.config), resolve=True)
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"recipe {args.config} must be a mapping of keys to values")
+        settings.update(loaded)
+    for item in extra:
+        key, _, value = item.partition("=")
+        settings[key] = OmegaConf.to_container(OmegaConf.from_dotlist([f"v={value}"]))["v"]
+    dests = {a.dest: a for a in parser._actions}
+    for key, value in settings.items():
+        dest = key.replace("-", "_")
+        if dest not in dests or dest in ("help", "config", "command"):
+            from mlof.train.config import ConfigError
+            raise ConfigError(f"synth: unknown key {key!r} (see mlof synth --help)")
+        action = dests[dest]
+        if action.type is not None and value is not None:
+            value = [action.type(v) for v in value] if isinstance(value, list) else action.type(value)
+        setattr(args, dest, value)
+    return int(synth_cli.run(args) or 0)
+
+
+# ----------------------------------------------------------------------------------------------------- parser
+@dataclass(frozen=True)
+class Command:
+    help: str
+    run: Callable[[Any, argparse.Namespace], int]
+    training: bool = False
+
+
+COMMANDS: dict[str, Command] = {
+    "pretrain": Command("supervised training of a flow network (RAFT/GMA recipe)",
+                        lambda c, a: _train("pretrain", c, a), training=True),
+    "meta-train": Command("MLOF meta-training on annotated target-domain tasks",
+                          lambda c, a: _train("meta-train", c, a), training=True),
+    "adapt": Command("meta-inference: unsupervised test-time adaptation per pair or online along a video", _adapt),
+    "evaluate": Command("RAFT-protocol evaluation on a dataset (optionally after adaptation)", _evaluate),
+    "infer": Command("flow for frames, folders and videos -> flow files and colour images", _infer),
+    "bench": Command("speed and peak memory of inference and adaptation", _bench),
+    "synth": Command("write a synthetic data set with exact flow (Sintel layout)", lambda c, a: 0),
+    "models": Command("list the networks with their parameter counts", _models),
+}
+
+
+def _config_listing(kind: str) -> str:
+    try:
+        text = OmegaConf.to_yaml(OmegaConf.structured(_defaults(kind)))
+    except Exception as e:  # a part of mlof is missing: --help still works
+        return f"(configuration keys unavailable: {e})"
+    return "configuration keys (defaults) — override with key=value:\n" + textwrap.indent(text, "  ")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mlof", description="Test-time adaptation and meta-learning of optical-flow networks.",
+        epilog="Every subcommand takes --config recipes/X.yaml and key=value overrides; see `mlof SUB --help`.")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
+    for name, cmd in COMMANDS.items():
+        if name == "synth":
+            p = sub.add_parser(name, help=cmd.help, description=cmd.help + ". Options as flags, or as keys of "
+                               "--config YAML / key=value (key = the flag's name without dashes).")
+            _add_synth(p)
+            continue
+        p = sub.add_parser(name, help=cmd.help, description=cmd.help + ".",
+                           epilog=_config_listing(name), formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="configuration overrides")
+        p.add_argument("--config", "-c", metavar="YAML", help="recipe file (e.g. recipes/quick_pretrain.yaml)")
+        p.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
+        p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+        if cmd.training:
+            p.add_argument("--resume", action="store_true",
+                           help="continue runs/<name> from checkpoints/latest.pt (same recipe)")
+            p.add_argument("--overwrite", action="store_true", help="start runs/<name> over")
+    return parser
+
+
+def _add_synth(p: argparse.ArgumentParser) -> None:
+    try:
+        from mlof.data import synth_cli
+        synth_cli.add_arguments(p)
+    except ImportError as e:
+        p.set_defaults(_synth_missing=str(e))
+    if not any(a.dest == "config" for a in p._actions):
+        p.add_argument("--config", "-c", metavar="YAML", help="YAML of settings (keys = flag names)")
+
+
+def _version() -> str:
+    import mlof
+    return f"mlof {mlof.__version__}"
+
+
+class UserError(Exception):
+    """Raised for invalid command-line use outside argparse."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from mlof.checkpoint import CheckpointError
+    return (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, CheckpointError, UserError)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 2 user error, 130 interrupted)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv:
+        parser.print_help()
+        return 2
+    cmd_name = argv[0]
+    try:
+        if cmd_name == "synth":
+            synth_parser = argparse.ArgumentParser(prog="mlof synth")
+            _add_synth(synth_parser)
+            flags = [a for a in argv[1:] if a.startswith("-") or "=" not in a or a.split("=")[0].startswith("-")]
+            extra = [a for a in argv[1:] if a not in flags]
+            args = synth_parser.parse_args(flags)
+            if getattr(args, "_synth_missing", None):
+                raise UserError(f"mlof.data.synth_cli is not available: {args._synth_missing}")
+            return _synth(args, synth_parser, extra)
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        from mlof.train.config import resolve
+
+        cfg = resolve(_defaults(args.command), args.config, args.overrides)
+        if args.print_config:
+            print(OmegaConf.to_yaml(cfg), end="")
+            return 0
+        return COMMANDS[args.command].run(cfg, args)
+    except KeyboardInterrupt:
+        print(f"mlof {cmd_name}: interrupted", file=sys.stderr)
+        return 130
+    except _user_errors() as e:
+        if os.environ.get("MLOF_DEBUG"):
+            raise
+        print(f"mlof {cmd_name}: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        from mlof.train.distributed import shutdown
+        shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

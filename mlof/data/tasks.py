@@ -1,0 +1,201 @@
+"""Meta-learning tasks: meta-train / evaluation splits and a sampler of task batches.
+
+A *task* is one or more frame pairs of a domain (MLOF: one annotated pair). ``split_indices`` gives the
+meta-train and evaluation pair indices of a dataset:
+
+* the splits published with MLOF (:mod:`mlof.data.published_splits`): ``kitti15`` (or ``kitti``) with
+  ``"crossval-1".."crossval-3"`` (= Sm20_1..3, the paper's cross-validation splits), any ``"Sm<n>_<k>"``
+  (Sm5/10/20/50/100/160) or ``"release-<N>"`` (the release's ``--crossval N``); ``sintel`` with
+  ``"crossval-1".."crossval-3"`` (Sm20_1..3) and ``"Sm100_1"``;
+* for any dataset (and KITTI-15 folds beyond 3 if asked as ``crossval-k/K``):
+  ``"crossval-k"`` or ``"crossval-k/K"``: fold k (1-based) of a K-fold partition (K = 10 by default) of a
+  permutation seeded 0 -> meta-train = that fold, evaluation = the rest;
+  ``"n=20,seed=0"``: meta-train = 20 pairs drawn without replacement with that seed, evaluation = the rest.
+
+All index lists are returned sorted. :class:`TaskSampler` turns the meta-train indices into batches of tasks.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from mlof.data import published_splits as pub
+
+__all__ = ["Split", "split_indices", "published_splits", "Task", "TaskSampler"]
+
+
+@dataclass(frozen=True)
+class Split:
+    """Meta-train and evaluation pair indices (sorted), and the split's name."""
+
+    train: list[int]
+    eval: list[int]
+    name: str
+
+
+_PUBLISHED = {"kitti15": (pub.KITTI15_SPLITS, pub.KITTI15_RELEASE_NUMBERS, pub.KITTI15_TOTAL),
+              "sintel": (pub.SINTEL_SPLITS, pub.SINTEL_RELEASE_NUMBERS, pub.SINTEL_TOTAL)}
+
+
+def published_splits(dataset_name: str) -> list[str]:
+    """Names of the splits published for ``dataset_name`` (empty for datasets without published splits)."""
+    key = _dataset_key(dataset_name)
+    return sorted(_PUBLISHED[key][0]) if key in _PUBLISHED else []
+
+
+def _dataset_key(name: str) -> str:
+    key = str(name).lower()
+    return "kitti15" if key in ("kitti", "kitti15", "kitti2015") else key
+
+
+def _canonical_sm(name: str) -> str | None:
+    m = re.fullmatch(r"sm(\d+)[_-](\d+)", name.strip().lower())
+    return f"Sm{int(m.group(1))}_{int(m.group(2))}" if m else None
+
+
+def _published(key: str, name: str, n_total: int | None) -> Split:
+    table, numbers, total = _PUBLISHED[key]
+    if n_total is not None and n_total != total:
+        raise ValueError(f"n_total: the published {key} split {name!r} indexes {total} pairs, got {n_total} "
+                         f"(use the full training set of one pass)")
+    train = sorted(table[name])
+    if key == "kitti15" and name in pub.KITTI15_EVAL:
+        ev = sorted(pub.KITTI15_EVAL[name])
+    else:
+        excluded = set(pub.KITTI15_EXCLUDED.get(name, ())) if key == "kitti15" else set()
+        ev = sorted(set(range(total)) - set(train) - excluded)
+    return Split(train, ev, f"{key}:{name}")
+
+
+def split_indices(dataset_name: str, split: str, n_total: int | None = None) -> Split:
+    """Meta-train / evaluation indices of ``split`` for ``dataset_name`` (see the module docstring).
+
+    ``n_total`` (number of pairs in the dataset) is required by the general splits and checked against the
+    published ones.
+    """
+    key = _dataset_key(dataset_name)
+    text = str(split).strip()
+    low = text.lower()
+    if key in _PUBLISHED:
+        table, numbers, _ = _PUBLISHED[key]
+        m = re.fullmatch(r"(?:crossval|cv)-?(\d+)", low)
+        if m and int(m.group(1)) in (1, 2, 3):
+            return _published(key, f"Sm20_{int(m.group(1))}", n_total)
+        m = re.fullmatch(r"release-?(\d+)", low)
+        if m:
+            num = int(m.group(1))
+            if num not in numbers:
+                raise ValueError(f"split: the release has no {key} --crossval {num} (has {sorted(numbers)})")
+            return _published(key, numbers[num], n_total)
+        sm = _canonical_sm(text)
+        if sm is not None:
+            if sm not in table:
+                raise ValueError(f"split: {text!r} is not a published {key} split; published: {sorted(table)}")
+            return _published(key, sm, n_total)
+    return _general(key, low, n_total)
+
+
+def _general(key: str, text: str, n_total: int | None) -> Split:
+    if n_total is None or int(n_total) < 2:
+        raise ValueError(f"n_total: split {text!r} of {key} needs the number of pairs (>= 2), got {n_total}")
+    n_total = int(n_total)
+    m = re.fullmatch(r"(?:crossval|cv)-?(\d+)(?:/(\d+))?", text)
+    if m:
+        k, folds = int(m.group(1)), int(m.group(2) or 10)
+        if not 1 <= k <= folds or folds > n_total:
+            raise ValueError(f"split: {text!r} needs 1 <= k <= K <= n_total ({n_total})")
+        perm = np.random.default_rng(0).permutation(n_total)
+        train = sorted(int(i) for i in np.array_split(perm, folds)[k - 1])
+        return Split(train, sorted(set(range(n_total)) - set(train)), f"{key}:crossval-{k}/{folds}")
+    m = re.fullmatch(r"n\s*=\s*(\d+)\s*(?:,\s*seed\s*=\s*(\d+))?", text)
+    if m:
+        n, seed = int(m.group(1)), int(m.group(2) or 0)
+        if not 1 <= n < n_total:
+            raise ValueError(f"split: n={n} must be between 1 and n_total - 1 ({n_total - 1})")
+        train = sorted(int(i) for i in np.random.default_rng(seed).choice(n_total, n, replace=False))
+        return Split(train, sorted(set(range(n_total)) - set(train)), f"{key}:n={n},seed={seed}")
+    published = f" or a published one ({', '.join(published_splits(key))})" if key in _PUBLISHED else ""
+    raise ValueError(f"split: {text!r} not understood; use 'crossval-k', 'crossval-k/K', 'n=20,seed=0'{published}")
+
+
+# ----------------------------------------------------------------------------------------------------- tasks
+@dataclass
+class Task:
+    """One task: dataset indices and the loaded samples (same order)."""
+
+    indices: list[int]
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+    def collated(self, pad: bool = True) -> dict[str, Any]:
+        """The task's pairs as one batch (:func:`mlof.data.collate`)."""
+        from mlof.data.loaders import collate
+
+        return collate(self.samples, pad=pad)
+
+
+class TaskSampler:
+    """Yields batches of tasks from ``dataset`` (optionally restricted to ``indices``, e.g. ``split.train``).
+
+    Every epoch the pool is shuffled with a generator seeded by ``(seed, epoch)`` (``reshuffle=False``: one
+    shuffle, the same batches every epoch, as the MLOF release does), cut into tasks of ``pairs_per_task``
+    pairs (``group_by="scene"``: the pairs of a task come from one scene, read from ``meta(i)["scene"]``),
+    and tasks into batches of ``tasks_per_batch``. ``drop_last`` drops an incomplete last batch;
+    ``load=False`` yields tasks with indices only. ``len()`` = batches per epoch.
+    """
+
+    def __init__(self, dataset: Any, pairs_per_task: int = 1, tasks_per_batch: int = 5, seed: int = 0,
+                 indices: Sequence[int] | None = None, reshuffle: bool = True, drop_last: bool = False,
+                 group_by: str | None = None, load: bool = True):
+        if pairs_per_task < 1 or tasks_per_batch < 1:
+            raise ValueError(f"pairs_per_task and tasks_per_batch must be >= 1, got {pairs_per_task}, "
+                             f"{tasks_per_batch}")
+        if group_by not in (None, "scene"):
+            raise ValueError(f"group_by must be None or 'scene', got {group_by!r}")
+        n = len(dataset)
+        self.pool = list(range(n)) if indices is None else [int(i) for i in indices]
+        bad = [i for i in self.pool if not 0 <= i < n]
+        if bad:
+            raise ValueError(f"indices: {bad[:5]} out of range for a dataset of {n} pairs")
+        if len(self.pool) < pairs_per_task:
+            raise ValueError(f"{len(self.pool)} pairs cannot make a task of {pairs_per_task} pairs")
+        self.dataset, self.pairs_per_task, self.tasks_per_batch = dataset, pairs_per_task, tasks_per_batch
+        self.seed, self.reshuffle, self.drop_last, self.group_by, self.load = seed, reshuffle, drop_last, \
+            group_by, load
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _rng(self) -> np.random.Generator:
+        return np.random.default_rng([int(self.seed), self.epoch if self.reshuffle else 0])
+
+    def task_indices(self) -> list[list[int]]:
+        """The tasks (lists of dataset indices) of the current epoch, in order."""
+        rng = self._rng()
+        k = self.pairs_per_task
+        if self.group_by == "scene":
+            groups: dict[str, list[int]] = {}
+            for i in self.pool:
+                groups.setdefault(str(self.dataset.meta(i)["scene"]), []).append(i)
+            tasks = []
+            for scene in sorted(groups):
+                members = [groups[scene][j] for j in rng.permutation(len(groups[scene]))]
+                tasks += [members[j:j + k] for j in range(0, len(members) - k + 1, k)]
+            return [tasks[j] for j in rng.permutation(len(tasks))]
+        order = [self.pool[j] for j in rng.permutation(len(self.pool))]
+        return [order[j:j + k] for j in range(0, len(order) - k + 1, k)]
+
+    def __len__(self) -> int:
+        n = len(self.task_indices())
+        return n // self.tasks_per_batch if self.drop_last else -(-n // self.tasks_per_batch)
+
+    def __iter__(self) -> Iterator[list[Task]]:
+        tasks = self.task_indices()
+        for j in range(0, len(tasks), self.tasks_per_batch):
+            chunk = tasks[j:j + self.tasks_per_batch]
+            if self.drop_last and len(chunk) < self.tasks_per_batch:
+                return
+            yield [Task(list(t), [self.dataset[i] for i in t] if self.load else []) for t in chunk]

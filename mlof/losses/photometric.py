@@ -1,0 +1,130 @@
+"""Per-pixel photometric error functions (no masking here: see ``common.masked_mean``).
+
+Every function returns a per-pixel error map; the recipes mask it with the non-occluded mask and normalise
+by the mask mean. Images may be in 0..255 or 0..1: each function says which constants depend on it.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .common import LossInputError
+
+__all__ = ["l1", "charbonnier", "abs_robust", "robust_l1", "ssim_3x3", "rgb_to_gray", "census_transform",
+           "soft_hamming", "census", "ternary"]
+
+
+def l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """|a - b| per pixel and channel (N x C x H x W). Not differentiable at a == b (subgradient 0)."""
+    return (a - b).abs()
+
+
+def charbonnier(x: torch.Tensor, alpha: float = 0.45, eps: float = 1e-3) -> torch.Tensor:
+    """Generalised Charbonnier penalty ``(x^2 + eps^2)^alpha`` (UnFlow: alpha 0.45, eps 1e-3); smooth at 0."""
+    return (x * x + eps * eps) ** alpha
+
+
+def abs_robust(x: torch.Tensor, eps: float = 0.01, q: float = 0.4) -> torch.Tensor:
+    """DDFlow's robust penalty ``(|x| + eps)^q`` (UFlow/SMURF census distance, UPFlow photo loss)."""
+    return (x.abs() + eps) ** q
+
+
+def robust_l1(x: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """UFlow/SMURF ``robust_l1``: ``sqrt(x^2 + eps^2)`` (eps 0.001), smooth at 0."""
+    return (x * x + eps * eps).sqrt()
+
+
+def ssim_3x3(x: torch.Tensor, y: torch.Tensor, c1: float = 0.01 ** 2, c2: float = 0.03 ** 2) -> torch.Tensor:
+    """SSIM dissimilarity ``clamp((1 - SSIM) / 2, 0, 1)`` over 3x3 windows, as ARFlow's ``SSIM`` (N x C x H x W).
+
+    Windows are averaged with zero padding counted in (``AvgPool2d(3, 1, 1)``), like the release. c1, c2
+    are the usual constants for images in 0..1; with 0..255 images (the MLOF release quirk) they become
+    negligible. The local variances are computed on a shifted copy of the padded image (variance is shift
+    invariant), which gives the same value as the release up to float rounding but avoids the
+    catastrophic cancellation of ``E[x^2] - E[x]^2`` at 0..255 that makes the release's SSIM noisy on
+    flat regions; the variances are clamped at 0 for the same reason.
+    """
+    if x.shape != y.shape:
+        raise LossInputError(f"ssim_3x3 needs equal shapes, got {tuple(x.shape)} and {tuple(y.shape)}")
+    xp = F.pad(x, (1, 1, 1, 1))
+    yp = F.pad(y, (1, 1, 1, 1))
+    shift = (0.5 * (x + y)).mean(dim=(2, 3), keepdim=True).detach()
+    xs, ys = xp - shift, yp - shift
+    mu_xs = F.avg_pool2d(xs, 3, 1)
+    mu_ys = F.avg_pool2d(ys, 3, 1)
+    sigma_x = (F.avg_pool2d(xs * xs, 3, 1) - mu_xs * mu_xs).clamp_min(0.0)
+    sigma_y = (F.avg_pool2d(ys * ys, 3, 1) - mu_ys * mu_ys).clamp_min(0.0)
+    sigma_xy = F.avg_pool2d(xs * ys, 3, 1) - mu_xs * mu_ys
+    mu_x = F.avg_pool2d(xp, 3, 1)
+    mu_y = F.avg_pool2d(yp, 3, 1)
+    num = (2 * mu_x * mu_y + c1) * (2 * sigma_xy + c2)
+    den = (mu_x * mu_x + mu_y * mu_y + c1) * (sigma_x + sigma_y + c2)
+    return ((1.0 - num / den) / 2.0).clamp(0.0, 1.0)
+
+
+def rgb_to_gray(img: torch.Tensor) -> torch.Tensor:
+    """ITU-R 601 luma (0.2989, 0.5870, 0.1140) of an N x 3 x H x W image -> N x 1 x H x W (same range)."""
+    if img.shape[1] != 3:
+        raise LossInputError(f"rgb_to_gray needs N x 3 x H x W, got {tuple(img.shape)}")
+    w = img.new_tensor([0.2989, 0.5870, 0.1140]).view(1, 3, 1, 1)
+    return (img * w).sum(1, keepdim=True)
+
+
+def census_transform(img: torch.Tensor, patch: int = 7, max_value: float = 255.0) -> torch.Tensor:
+    """Soft census (ternary) transform: N x patch^2 x H x W of ``d / sqrt(0.81 + d^2)``.
+
+    d = neighbour - centre of the gray image in 0..255 intensities (``img`` is rescaled by
+    ``255 / max_value``: pass max_value=1 for 0..1 images); zero padding at the borders, whose pixels
+    the census terms mask out. Constant 0.81 from DDFlow / UnFlow.
+    """
+    if patch < 3 or patch % 2 == 0:
+        raise LossInputError(f"census patch must be an odd size >= 3, got {patch}")
+    gray = rgb_to_gray(img) * (255.0 / max_value)
+    k = patch * patch
+    kernel = torch.eye(k, dtype=img.dtype, device=img.device).view(k, 1, patch, patch)
+    neighbours = F.conv2d(gray, kernel, padding=patch // 2)
+    diff = neighbours - gray
+    return diff / torch.sqrt(0.81 + diff * diff)
+
+
+def soft_hamming(t1: torch.Tensor, t2: torch.Tensor, thresh: float = 0.1, reduce: str = "sum") -> torch.Tensor:
+    """Soft Hamming distance ``sum_k (d^2 / (thresh + d^2))`` of two census transforms -> N x 1 x H x W.
+
+    reduce="sum" (UFlow/SMURF) or "mean" (UnFlow/ARFlow ``TernaryLoss``: "instead of sum").
+    """
+    sq = (t1 - t2) ** 2
+    dist = sq / (thresh + sq)
+    if reduce == "sum":
+        return dist.sum(1, keepdim=True)
+    if reduce == "mean":
+        return dist.mean(1, keepdim=True)
+    raise LossInputError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
+
+
+def _border_mask(like: torch.Tensor, margin: int) -> torch.Tensor:
+    n, _, h, w = like.shape
+    mask = like.new_zeros(n, 1, h, w)
+    if h > 2 * margin and w > 2 * margin:
+        mask[:, :, margin:h - margin, margin:w - margin] = 1.0
+    return mask
+
+
+def census(img1: torch.Tensor, img2_warped: torch.Tensor, patch: int = 7, max_value: float = 255.0,
+           thresh: float = 0.1, eps: float = 0.01, q: float = 0.4) -> tuple[torch.Tensor, torch.Tensor]:
+    """UFlow/SMURF census loss per pixel: ``(soft_hamming_sum + 0.01)^0.4`` -> (error, border_mask).
+
+    error and border_mask are N x 1 x H x W; border_mask is 0 within patch//2 of the frame edge (UFlow's
+    ``zero_mask_border``), multiply it into the occlusion mask before normalising.
+    """
+    hamming = soft_hamming(census_transform(img1, patch, max_value), census_transform(img2_warped, patch, max_value),
+                           thresh=thresh, reduce="sum")
+    return abs_robust(hamming, eps=eps, q=q), _border_mask(img1, patch // 2)
+
+
+def ternary(img1: torch.Tensor, img2_warped: torch.Tensor, max_distance: int = 1,
+            max_value: float = 255.0) -> torch.Tensor:
+    """UnFlow/ARFlow ``TernaryLoss``: mean soft Hamming over a (2d+1)^2 patch, borders zeroed; N x 1 x H x W."""
+    patch = 2 * max_distance + 1
+    dist = soft_hamming(census_transform(img1, patch, max_value), census_transform(img2_warped, patch, max_value),
+                        thresh=0.1, reduce="mean")
+    return dist * _border_mask(img1, max_distance)

@@ -1,0 +1,283 @@
+"""The test-time adaptation engine behind ``mlof.adapt`` and ``OnlineAdapter``: a few optimizer steps on the
+unsupervised objective of one or more frame pairs, watched by the guard.
+
+Works on a network the caller already copied (it is modified in place): ``mlof.api`` owns copying, input
+parsing and result assembly; this module owns the loop.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from mlof.meta.guard import ROLLBACK_DIVERGED, ROLLBACK_NONFINITE, SKIP_GRADIENT, Guard
+from mlof.meta.objective import UnsupervisedObjective
+from mlof.meta.params import ParamSpec
+
+__all__ = ["AdaptSettings", "PairsOutcome", "adapt_pairs", "build_optimizer", "snapshot", "restore",
+           "working_copy", "model_device",
+           "DEFAULT_LR"]
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+# The release's meta-inference: AdamW lr 1e-5, weight decay 1e-5 (its inner-loop SGD uses 5e-6).
+DEFAULT_LR = {"adamw": 1e-5, "adam": 1e-5, "sgd": 5e-6}
+DEFAULT_WD = {"adamw": 1e-5, "adam": 0.0, "sgd": 0.0}
+
+
+@dataclass
+class AdaptSettings:
+    """Every option of test-time adaptation (see docs/meta.md). Defaults = the MLOF release's inference."""
+
+    steps: int = 3
+    optimizer: str | Callable[[list[torch.Tensor]], torch.optim.Optimizer] = "adamw"
+    lr: float | None = None               # None: DEFAULT_LR[optimizer]
+    weight_decay: float | None = None     # None: DEFAULT_WD[optimizer]
+    schedule: str | None = "onecycle"     # RAFT-lineage OneCycle (total steps + 100, 5 % warm-up, linear); None
+    clip: float | None = 1.0              # gradient-norm clipping; None disables it
+    recipe: Any = "mlof"                  # mlof.losses.build_loss recipe or a loss module
+    params: ParamSpec = "all"             # what adapts
+    iters: int | None = 12                # refinement iterations (ignored by networks without them)
+    corr: str | None = None               # correlation backend, passed to networks that take ``corr``
+    keep_close_weight: float | None = None  # pull towards the start weights; None = the recipe's (mlof: 10)
+    bn: str = "eval"                      # "eval" (the release ends up there) or "train" (batch statistics)
+    guard: bool = True
+    guard_factor: float = 1.5             # rollback when the objective exceeds factor * initial
+    keep: str = "best"                    # "best" state by the objective, or the "last" one
+    bidirectional: bool = True
+    net_options: dict = field(default_factory=dict)  # further keyword options for the network call
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.steps, int) or self.steps < 0:
+            raise ValueError(f"steps must be an int >= 0, got {self.steps!r}")
+        if isinstance(self.optimizer, str) and self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS} or a callable params -> Optimizer, "
+                             f"got {self.optimizer!r}")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr >= 0):
+            raise ValueError(f"lr must be a finite number >= 0, got {self.lr!r}")
+        if self.schedule not in (None, "onecycle", "constant"):
+            raise ValueError(f"schedule must be 'onecycle', 'constant' or None, got {self.schedule!r}")
+        if self.clip is not None and not self.clip > 0:
+            raise ValueError(f"clip must be > 0 or None, got {self.clip!r}")
+        if self.bn not in ("eval", "train"):
+            raise ValueError(f"bn must be 'eval' or 'train', got {self.bn!r}")
+        if self.keep not in ("best", "last"):
+            raise ValueError(f"keep must be 'best' or 'last', got {self.keep!r}")
+        if self.iters is not None and (not isinstance(self.iters, int) or self.iters < 1):
+            raise ValueError(f"iters must be an int >= 1, got {self.iters!r}")
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> "AdaptSettings":
+        """Build from keyword options, naming unknown ones in the error."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(f"unknown adapt option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**options)
+
+    def resolved_lr(self) -> float:
+        if self.lr is not None:
+            return float(self.lr)
+        return DEFAULT_LR[self.optimizer] if isinstance(self.optimizer, str) else 1e-5
+
+    def net_call_options(self) -> dict[str, Any]:
+        return {"iters": self.iters, "corr": self.corr, **self.net_options}
+
+
+def build_optimizer(params: list[torch.Tensor], s: AdaptSettings):
+    """(optimizer, scheduler or None) for the adapted parameters."""
+    if callable(s.optimizer):
+        opt = s.optimizer(params)
+        if not isinstance(opt, torch.optim.Optimizer):
+            raise ValueError(f"optimizer factory returned {type(opt).__name__}, not a torch.optim.Optimizer")
+    else:
+        lr = s.resolved_lr()
+        wd = DEFAULT_WD[s.optimizer] if s.weight_decay is None else float(s.weight_decay)
+        if s.optimizer == "adamw":
+            opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd, eps=1e-8)
+        elif s.optimizer == "adam":
+            opt = torch.optim.Adam(params, lr=lr, weight_decay=wd)
+        else:
+            opt = torch.optim.SGD(params, lr=lr, weight_decay=wd)
+    sched = None
+    if s.schedule == "onecycle" and s.steps > 0:
+        # The RAFT-lineage schedule the release's fetch_optimizer builds: peak lr after 5 % of steps+100.
+        max_lr = [g["lr"] for g in opt.param_groups]
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr, total_steps=s.steps + 100, pct_start=0.05,
+                                                    cycle_momentum=False, anneal_strategy="linear")
+    return opt, sched
+
+
+def snapshot(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
+    """Copies of the named parameters and of every buffer (what adaptation can change)."""
+    named = dict(model.named_parameters())
+    state = {n: named[n].detach().clone() for n in names}
+    state.update({f"buffer:{n}": b.detach().clone() for n, b in model.named_buffers()})
+    return state
+
+
+@torch.no_grad()
+def restore(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    named = dict(model.named_parameters())
+    buffers = dict(model.named_buffers())
+    for key, value in state.items():
+        if key.startswith("buffer:"):
+            buffers[key[len("buffer:"):]].copy_(value)
+        else:
+            named[key].copy_(value)
+
+
+@dataclass
+class PairsOutcome:
+    flows: list[torch.Tensor]          # per pair, N x 2 x H x W, of the returned state
+    flows_before: list[torch.Tensor]   # per pair, of the start state
+    best_step: int                     # steps taken by the returned state
+    rolled_back: bool
+    history: list[dict]
+
+
+def _evaluate(model: nn.Module, pairs: list[tuple[torch.Tensor, torch.Tensor]], objective: UnsupervisedObjective,
+              s: AdaptSettings, names: list[str], fixed: Mapping[str, torch.Tensor] | None, backward: bool,
+              accept: Callable[[int, float], bool] | None = None
+              ) -> tuple[float, dict[str, float], list[torch.Tensor], list[float], bool]:
+    """Objective averaged over ``pairs`` (+ keep-close once) -> (total, terms, forward flows, per-pair totals,
+    refused: whether a pair was refused for differentiation).
+
+    With ``backward`` the gradients accumulate pair by pair (memory holds one pair's graph at a time), but only
+    for a pair whose loss is finite, whose flow is finite and that ``accept(i, loss)`` approves: a state the
+    guard will roll back is never differentiated (autograd through NaN/huge sampling coordinates can crash
+    the process, not just produce NaN). A pair with a non-finite flow counts as a non-finite loss.
+    """
+    total, terms, flows, per_pair, refused = 0.0, {}, [], [], False
+    opts = s.net_call_options()
+    with torch.set_grad_enabled(backward):
+        for i, (img1, img2) in enumerate(pairs):
+            res = objective(model, model, img1, img2, **opts)
+            value = float(res.total.detach())
+            flow = res.out_fw.flow.detach()
+            if not bool(torch.isfinite(flow).all()):
+                value = math.inf
+            if backward and not (math.isfinite(value) and (accept is None or accept(i, value))):
+                backward, refused = False, True  # this state will be rolled back: differentiate nothing more
+            if backward and res.total.requires_grad:
+                (res.total / len(pairs)).backward()
+            del res.total
+            per_pair.append(value)
+            total += value / len(pairs)
+            for k, v in res.terms.items():
+                terms[k] = terms.get(k, 0.0) + float(v.detach()) / len(pairs)
+            flows.append(flow)
+            del res
+        if fixed is not None and objective.keep_close_weight > 0:
+            named = dict(model.named_parameters())
+            kc = objective.keep_close_term({n: named[n] for n in names}, fixed)
+            if backward and kc.requires_grad:
+                kc.backward()
+            terms["keep_close"] = float(kc.detach())
+            total += terms["keep_close"]
+    return total, terms, flows, per_pair, refused
+
+
+def adapt_pairs(model: nn.Module, pairs: list[tuple[torch.Tensor, torch.Tensor]], s: AdaptSettings,
+                names: list[str], objective: UnsupervisedObjective,
+                fixed: Mapping[str, torch.Tensor] | None, tag: Mapping[str, Any] | None = None) -> PairsOutcome:
+    """Adapt ``model`` in place on ``pairs`` for ``s.steps`` steps; parameters ``names`` adapt (they must
+    require grad, the others should not). History entry k describes the state after k steps: its objective
+    (``total`` and every term), the guard's decision, and the lr and gradient norm of the step taken from it."""
+    named = dict(model.named_parameters())
+    params = [named[n] for n in names]
+    opt, sched = build_optimizer(params, s)
+    guard = Guard(s.guard_factor, enabled=s.guard)
+    history: list[dict] = []
+    current: list[torch.Tensor] = []
+    capture = lambda: (snapshot(model, names), [f.clone() for f in current])  # noqa: E731
+    flows_before: list[torch.Tensor] = []
+    start_state = None
+    rolled_back = False
+    state_step = 0
+    initial_pairs: list[float] = []
+    for k in range(s.steps + 1):
+        last = k == s.steps
+        opt.zero_grad(set_to_none=True)
+        accept = None
+        if k > 0 and guard.enabled:
+            accept = lambda i, v: not guard.diverged_from(initial_pairs[i], v)  # noqa: E731
+        total, terms, current, per_pair, refused = _evaluate(model, pairs, objective, s, names, fixed,
+                                                             backward=not last, accept=accept)
+        if k == 0:
+            initial_pairs = per_pair
+            flows_before = [f.clone() for f in current]
+            start_state = snapshot(model, names)
+        action = guard.observe(k, total, capture)
+        if refused and not Guard.is_rollback(action):
+            # A pair diverged (or went non-finite) although the average did not: never step from a state
+            # whose gradient is incomplete.
+            action = ROLLBACK_NONFINITE if not math.isfinite(max(per_pair)) else ROLLBACK_DIVERGED
+        entry = {**(tag or {}), "step": k, "total": total, **terms, "lr": None, "grad_norm": None,
+                 "guard": action}
+        history.append(entry)
+        state_step = k
+        if Guard.is_rollback(action):
+            rolled_back = True
+            break
+        if last:
+            break
+        clip = s.clip if s.clip is not None else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], clip))
+        entry["grad_norm"] = grad_norm
+        entry["lr"] = opt.param_groups[0]["lr"]
+        if not guard.gradient_ok(grad_norm):
+            entry["guard"] = f"{action}; {SKIP_GRADIENT}"
+            continue
+        opt.step()
+        if sched is not None:
+            sched.step()
+    opt.zero_grad(set_to_none=True)
+
+    flows, best_step = current, state_step
+    if rolled_back or (s.keep == "best" and guard.best_payload is not None and guard.best_step != state_step):
+        state, flows = guard.best_payload
+        restore(model, state)
+        best_step = guard.best_step
+    if not all(bool(torch.isfinite(f).all()) for f in flows):
+        # Never hand back NaN flow: fall back to the start state (or zeros if even that is not finite).
+        if start_state is not None:
+            restore(model, start_state)
+        best_step = 0
+        flows = [torch.nan_to_num(f, nan=0.0, posinf=0.0, neginf=0.0) for f in flows_before]
+        history.append({**(tag or {}), "step": state_step, "guard": "fallback:start-state"})
+    return PairsOutcome(flows, flows_before, best_step, rolled_back, history)
+
+
+def working_copy(model: nn.Module, s: AdaptSettings,
+                 device: torch.device | str | None = None) -> tuple[nn.Module, list[str]]:
+    """A deep copy of ``model`` prepared for adaptation, and the names of the parameters that adapt.
+
+    The copy lives on ``device`` (default: the model's), is in the mode of the ``bn`` policy, has
+    ``requires_grad`` set on exactly the adapted parameters, no stale ``.grad``, and the ``corr`` option
+    applied where the network has one. ``model`` itself is only read.
+    """
+    from mlof.meta.params import select_parameters
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
+    work = copy.deepcopy(model)
+    if device is not None:
+        work = work.to(device)
+    names = select_parameters(work, s.params)
+    chosen = set(names)
+    for n, p in work.named_parameters():
+        p.grad = None
+        p.requires_grad_(n in chosen)
+    if s.corr is not None and isinstance(getattr(work, "corr", None), str):
+        work.corr = s.corr  # RAFT family: the correlation backend is a constructor option read at call time
+    work.train(s.bn == "train")
+    return work, names
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for t in list(model.parameters()) + list(model.buffers()):
+        return t.device
+    return torch.device("cpu")

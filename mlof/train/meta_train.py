@@ -1,0 +1,143 @@
+"""Meta-training (MLOF): outer steps of ``mlof.meta.MLOFTrainer`` on tasks from an annotated target set.
+
+A task is ``pairs_per_task`` annotated frame pairs (MLOF: one) batched as N x 3 x H x W; every outer step
+draws ``tasks_per_step`` tasks (MLOF: 5) through the (seed, step) data plan, so resume and multi-process
+runs see the same tasks as one uninterrupted process. Under torchrun the tasks of a step are split
+across processes and the meta-gradients averaged (weighted by tasks) right before the outer update.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, Optional
+
+import torch
+
+from mlof.train.config import ConfigError, DataConfig, LogConfig, ModelConfig
+from mlof.train.distributed import DistContext, reduce_metrics, sync_gradients
+from mlof.train.engine import StepOutput
+from mlof.train.sampling import StepPlan, step_loader
+from mlof.train.setup import build_data, build_model, collate
+
+__all__ = ["MetaConfig", "MetaTrainConfig", "MetaTrainJob", "split_positions"]
+
+
+@dataclass
+class MetaConfig:
+    """Keywords of ``mlof.meta.MLOFTrainer`` (defaults: the official MLOF release)."""
+
+    inner_loss: str = "mlof"          # unsupervised recipe of mlof.losses.build_loss
+    inner_steps: int = 3
+    inner_lr: float = 5e-6
+    first_order: bool = True
+    params: str = "all"               # what adapts: all or a backbones.param_groups name
+    iters: int = 12
+    outer_lr: float = 5e-6
+    keep_close_weight: float = 10.0
+    gamma: float = 0.85
+    max_flow: float = 400.0
+    options: Dict[str, Any] = field(default_factory=dict)   # any further MLOFTrainer keyword
+
+
+@dataclass
+class MetaTrainConfig:
+    """``mlof meta-train``: learn theta_ml from theta_0 (``model.checkpoint``) on target-domain tasks."""
+
+    name: str = "meta_train"
+    out_dir: str = "runs"
+    seed: int = 0
+    device: str = "auto"
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(name=None))
+    data: DataConfig = field(default_factory=lambda: DataConfig(
+        name="synthetic", options={"domain": "target", "size": [64, 96], "length": 64}))
+    split: Optional[str] = None       # task split of mlof.data.tasks.split_indices, e.g. crossval-1 (KITTI-15)
+    steps: int = 20
+    tasks_per_step: int = 5
+    pairs_per_task: int = 1
+    meta: MetaConfig = field(default_factory=MetaConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+def split_positions(cfg: MetaTrainConfig, n_total: int) -> list[int] | None:
+    """Dataset indices of the meta-training split (``cfg.split``), or None for every pair."""
+    if cfg.split is None:
+        return None
+    from mlof.data import split_indices
+
+    try:
+        return [int(i) for i in split_indices(cfg.data.name, cfg.split, n_total)]
+    except (KeyError, ValueError) as e:
+        raise ConfigError(f"split: {e}") from e
+
+
+class MetaTrainJob:
+    """One outer (meta) step per engine step."""
+
+    def __init__(self, cfg: MetaTrainConfig, ctx: DistContext):
+        from mlof.meta import MLOFTrainer
+
+        if cfg.steps <= 0:
+            raise ConfigError(f"steps must be positive, got {cfg.steps}")
+        if cfg.tasks_per_step < ctx.world_size:
+            raise ConfigError(f"tasks_per_step {cfg.tasks_per_step} is smaller than the {ctx.world_size} processes")
+        self.cfg, self.ctx = cfg, ctx
+        self.model = build_model(cfg.model, ctx.device)
+        self.dataset = build_data(cfg.data)
+        self.indices = split_positions(cfg, len(self.dataset))
+        n = len(self.indices) if self.indices is not None else len(self.dataset)
+        # Plan over pairs; a task is pairs_per_task consecutive entries, sharded across processes whole.
+        self.plan = StepPlan(n, cfg.tasks_per_step * cfg.pairs_per_task, cfg.seed,
+                             group=cfg.pairs_per_task)
+        self.total_steps = cfg.steps
+        m = cfg.meta
+        try:
+            self.trainer = MLOFTrainer(self.model, inner_loss=m.inner_loss, inner_steps=m.inner_steps,
+                                       inner_lr=m.inner_lr, first_order=m.first_order, params=m.params,
+                                       iters=m.iters, tasks_per_step=cfg.tasks_per_step, outer_lr=m.outer_lr,
+                                       keep_close_weight=m.keep_close_weight, gamma=m.gamma,
+                                       max_flow=m.max_flow, **dict(m.options))
+        except TypeError as e:
+            raise ConfigError(f"meta: {e}") from e
+        self._n_local = self._n_global = cfg.tasks_per_step
+        # Meta-gradients are averaged across processes right before the outer update.
+        self.trainer.optimizer.register_step_pre_hook(self._sync)
+
+    def _sync(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        sync_gradients(params, self._n_local, self._n_global, self.ctx)
+
+    def _collate_tasks(self, samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        k = self.cfg.pairs_per_task
+        return [collate(samples[i:i + k]) for i in range(0, len(samples), k)]
+
+    # -- engine protocol ---------------------------------------------------------------------------------------
+    def batches(self, start: int) -> Iterable[list[dict[str, Any]]]:
+        return step_loader(self.dataset, self.plan, start, self.total_steps, self.ctx, self._collate_tasks,
+                           self.cfg.data.num_workers, indices=self.indices)
+
+    def train_step(self, step: int, batch: list[dict[str, Any]], want_images: bool) -> StepOutput:
+        dev = self.ctx.device
+        tasks = [{k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in t.items()} for t in batch]
+        self._n_local, self._n_global = len(tasks), self.cfg.tasks_per_step
+        local = {k: float(v) for k, v in self.trainer.step(tasks).items() if isinstance(v, (int, float, torch.Tensor))
+                 and (not isinstance(v, torch.Tensor) or v.numel() == 1)}
+        metrics = reduce_metrics(local, self._n_local, self._n_global, self.ctx)
+        images = {}
+        if want_images and self.ctx.is_main:
+            images["meta/panel"] = self._panel(tasks[0])
+        return StepOutput(metrics, images)
+
+    @torch.no_grad()
+    def _panel(self, task: dict[str, Any]) -> Any:
+        from mlof.train.pretrain import panel
+
+        was_training = self.model.training
+        self.model.eval()
+        out = self.model(task["img1"][:1], task["img2"][:1], iters=self.cfg.meta.iters)
+        self.model.train(was_training)
+        return panel(task, out.flow)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.trainer.state_dict()}
+
+    def load_state_dict(self, ckpt: dict[str, Any]) -> None:
+        self.trainer.load_state_dict(ckpt["optimizer"])

@@ -1,0 +1,182 @@
+"""Supervised (pre)training, as RAFT/GMA train: AdamW + OneCycle, gradient clipping, sequence loss.
+
+RAFT-family networks are trained with the sequence loss over all GRU iterations (L1, weights
+``gamma^(n-i-1)``, flows above ``max_flow`` masked); pyramid networks (UPFlow, LiteFlowNet2) with the
+multi-level loss over their pyramid predictions. ``freeze_bn`` keeps BatchNorm layers in eval mode (RAFT
+after the Chairs stage).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from mlof.train.config import ConfigError, DataConfig, LogConfig, ModelConfig
+from mlof.train.distributed import DistContext, reduce_metrics, sync_gradients
+from mlof.train.engine import StepOutput
+from mlof.train.sampling import StepPlan, step_loader
+from mlof.train.setup import PYRAMID_NETWORKS, build_data, build_model, collate
+
+__all__ = ["OptimConfig", "PretrainConfig", "PretrainJob", "build_optimizer", "freeze_batchnorm", "loss_total",
+           "panel"]
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with RAFT's OneCycle schedule (linear anneal, total = steps + 100) and clipping."""
+
+    lr: float = 4e-4
+    weight_decay: float = 1e-4
+    eps: float = 1e-8
+    schedule: str = "onecycle"   # onecycle | constant
+    pct_start: float = 0.05
+    clip: float = 1.0            # max gradient norm; 0 disables
+
+
+@dataclass
+class PretrainConfig:
+    """``mlof pretrain``: supervised training on a flow dataset (defaults: raft_small on synthetic source)."""
+
+    name: str = "pretrain"
+    out_dir: str = "runs"
+    seed: int = 0
+    device: str = "auto"
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(name="raft_small"))
+    data: DataConfig = field(default_factory=lambda: DataConfig(
+        name="synthetic", options={"domain": "source", "size": [64, 96], "length": 512}))
+    steps: int = 100
+    batch_size: int = 8           # global batch (split across processes under torchrun)
+    iters: int = 12               # GRU iterations (RAFT family)
+    loss: str = "auto"            # auto | sequence | multilevel
+    gamma: float = 0.8
+    max_flow: float = 400.0
+    freeze_bn: bool = False
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig, total_steps: int
+                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
+    """AdamW over the trainable parameters, and the schedule (RAFT: OneCycle over ``steps + 100``)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.eps)
+    if cfg.schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=total_steps + 100,
+                                                    pct_start=cfg.pct_start, cycle_momentum=False,
+                                                    anneal_strategy="linear")
+    elif cfg.schedule == "constant":
+        sched = None
+    else:
+        raise ConfigError(f"optim.schedule: {cfg.schedule!r} is not one of onecycle, constant")
+    return opt, sched
+
+
+def freeze_batchnorm(model: nn.Module) -> None:
+    """Put every BatchNorm layer in eval mode (running statistics fixed), as RAFT's ``freeze_bn``."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def loss_total(out: Any) -> torch.Tensor:
+    """The scalar of a loss function's result (a tensor, a LossOutput, or a (loss, metrics) tuple)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if hasattr(out, "total"):
+        return out.total
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    raise TypeError(f"cannot take the loss value of a {type(out).__name__}")
+
+
+def panel(batch: dict[str, Any], flow: torch.Tensor) -> Any:
+    """Image grid (uint8 H x W x 3) of the first sample: frames, predicted flow, ground truth, error."""
+    from mlof.viz import flow_panel
+
+    gt = batch.get("flow")
+    valid = batch.get("valid")
+    return flow_panel([batch["img1"][0], batch["img2"][0]], flow[0].detach(),
+                      gt=None if gt is None else gt[0], valid=None if valid is None else valid[0])
+
+
+class PretrainJob:
+    """One supervised optimizer step per engine step (see ``mlof.train.engine.fit``)."""
+
+    def __init__(self, cfg: PretrainConfig, ctx: DistContext):
+        if cfg.steps <= 0:
+            raise ConfigError(f"steps must be positive, got {cfg.steps}")
+        if cfg.batch_size < ctx.world_size:
+            raise ConfigError(f"batch_size {cfg.batch_size} is smaller than the {ctx.world_size} processes")
+        self.cfg, self.ctx = cfg, ctx
+        self.model = build_model(cfg.model, ctx.device)
+        name = self.model.mlof_spec["name"]
+        kind = cfg.loss if cfg.loss != "auto" else ("multilevel" if name in PYRAMID_NETWORKS else "sequence")
+        if kind not in ("sequence", "multilevel"):
+            raise ConfigError(f"loss: {cfg.loss!r} is not one of auto, sequence, multilevel")
+        self.loss_kind = kind
+        self.dataset = build_data(cfg.data)
+        self.plan = StepPlan(len(self.dataset), cfg.batch_size, cfg.seed)
+        self.total_steps = cfg.steps
+        self.optimizer, self.scheduler = build_optimizer(self.model, cfg.optim, cfg.steps)
+
+    # -- engine protocol ---------------------------------------------------------------------------------------
+    def batches(self, start: int) -> Iterable[dict[str, Any]]:
+        return step_loader(self.dataset, self.plan, start, self.total_steps, self.ctx, collate,
+                           self.cfg.data.num_workers)
+
+    def _loss(self, out: Any, gt: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        from mlof import losses
+
+        flows = out.flows or [out.flow]
+        if self.loss_kind == "sequence":
+            return loss_total(losses.sequence_loss(flows, gt, valid, gamma=self.cfg.gamma,
+                                                   max_flow=self.cfg.max_flow))
+        # Pyramid networks: per-level flows at their own resolution, finest first (mlof.losses convention).
+        from mlof.losses.supervised import PWC_WEIGHTS
+
+        levels = out.extras.get("pyramid_flows") or flows
+        levels = list(reversed(levels))[:len(PWC_WEIGHTS)]
+        return loss_total(losses.multilevel_loss(levels, gt, valid))
+
+    def train_step(self, step: int, batch: dict[str, Any], want_images: bool) -> StepOutput:
+        from mlof.metrics import flow_metrics
+
+        dev = self.ctx.device
+        img1, img2 = batch["img1"].to(dev), batch["img2"].to(dev)
+        gt, valid = batch["flow"].to(dev), batch["valid"].to(dev)
+        self.model.train()
+        if self.cfg.freeze_bn:
+            freeze_batchnorm(self.model)
+        out = self.model(img1, img2, iters=self.cfg.iters, return_all=True)
+        loss = self._loss(out, gt, valid)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        n_local, n_global = img1.shape[0], self.cfg.batch_size
+        sync_gradients(self.model.parameters(), n_local, n_global, self.ctx)
+        clip = self.cfg.optim.clip
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        grad_norm = (torch.nn.utils.clip_grad_norm_(params, clip) if clip > 0
+                     else torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        with torch.no_grad():
+            m = flow_metrics(out.flow.detach(), gt, valid)
+        local = {"loss": float(loss.detach()), "epe": m["epe"], "outlier_1px": m["outlier_1px"],
+                 "outlier_3px": m["outlier_3px"]}
+        metrics = reduce_metrics(local, n_local, n_global, self.ctx)
+        metrics["lr"] = float(self.optimizer.param_groups[0]["lr"])
+        metrics["grad_norm"] = float(grad_norm)
+        images = {"train/panel": panel(batch, out.flow)} if want_images and self.ctx.is_main else {}
+        return StepOutput(metrics, images)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(),
+                "scheduler": None if self.scheduler is None else self.scheduler.state_dict()}
+
+    def load_state_dict(self, ckpt: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scheduler is not None and ckpt.get("scheduler") is not None:
+            self.scheduler.load_state_dict(ckpt["scheduler"])

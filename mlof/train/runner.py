@@ -1,0 +1,37 @@
+"""From a resolved configuration to a finished training run (one process or one torchrun rank)."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+from mlof.train.config import to_dict
+from mlof.train.distributed import DistContext, broadcast_module, init_distributed
+from mlof.train.engine import TrainingJob, fit
+from mlof.train.rundir import RunDir
+from mlof.train.seeding import seed_everything
+
+__all__ = ["run_training"]
+
+
+def run_training(make_job: Callable[[Any, DistContext], TrainingJob], cfg: DictConfig, resume: bool = False,
+                 overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Build the job of ``cfg`` (a resolved structured config), train it, return the summary.
+
+    The network is initialised under ``cfg.seed`` and broadcast from rank 0, so every process starts from
+    the same weights. The summary holds ``run_dir`` and ``checkpoint`` (the latest checkpoint).
+    """
+    ctx = init_distributed(cfg.device)
+    seed_everything(cfg.seed)
+    obj = OmegaConf.to_object(cfg)
+    job = make_job(obj, ctx)
+    broadcast_module(job.model, ctx)
+    run = RunDir(cfg.out_dir, cfg.name, is_main=ctx.is_main, tensorboard=cfg.log.tensorboard)
+    try:
+        summary = fit(job, run, to_dict(cfg), cfg.seed, obj.log, ctx, resume=resume, overwrite=overwrite,
+                      progress=progress)
+    finally:
+        run.close()
+    summary["run_dir"] = str(run.path)
+    summary["world_size"] = ctx.world_size
+    return summary

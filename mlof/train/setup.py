@@ -1,0 +1,82 @@
+"""Building the pieces a run configuration names: the network and the datasets."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from mlof.checkpoint import CheckpointError, is_mlof_checkpoint
+from mlof.train.config import ConfigError, DataConfig, ModelConfig
+
+__all__ = ["build_model", "build_data", "PYRAMID_NETWORKS", "collate"]
+
+# Networks whose training loss is a weighted sum over pyramid levels rather than RAFT's sequence loss.
+PYRAMID_NETWORKS = frozenset({"liteflownet2", "upflow"})
+
+
+def build_model(cfg: ModelConfig | Any, device: torch.device | str = "cpu") -> nn.Module:
+    """The network of ``cfg`` (name, options, starting weights), on ``device``, in train mode.
+
+    An mlof checkpoint names its own backbone and options (``cfg.options`` override them, e.g. a
+    correlation backend); an official release file needs ``cfg.name``. ``checkpoint: default`` is the
+    shipped ``checkpoints/mlof_default.pt``.
+    """
+    import backbones
+
+    from mlof.train.sources import resolve_checkpoint
+
+    options = dict(cfg.options or {})
+    ckpt = resolve_checkpoint(cfg.checkpoint)
+    if ckpt is not None:
+        path = Path(ckpt)
+        if not path.is_file():
+            raise ConfigError(f"model.checkpoint: {path} does not exist")
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise CheckpointError(f"model.checkpoint: {path} cannot be read as a torch checkpoint ({e})") from e
+        if is_mlof_checkpoint(obj):
+            name = obj["backbone"]["name"]
+            if cfg.name is not None and cfg.name != name:
+                raise ConfigError(f"model.name is {cfg.name!r} but {path} holds a {name!r} network")
+            model = backbones.build(name, checkpoint=obj, **{**obj["backbone"].get("options", {}), **options})
+        else:
+            if cfg.name is None:
+                raise ConfigError(f"model.checkpoint {path} is not an mlof checkpoint: set model.name to the "
+                                  f"network it holds (one of {', '.join(backbones.available())})")
+            model = backbones.build(cfg.name, checkpoint=obj, **options)
+    else:
+        if cfg.name is None:
+            raise ConfigError(f"model.name: say which network to build (one of {', '.join(backbones.available())}) "
+                              f"or give an mlof model.checkpoint")
+        model = backbones.build(cfg.name, **options)
+    return model.to(device).train()
+
+
+def build_data(cfg: DataConfig | Any, key: str = "data") -> Dataset:
+    """``mlof.data.build_dataset(name, root, split, **options)`` with ``augment`` as its transform."""
+    from mlof.data import build_dataset
+
+    options = dict(cfg.options or {})
+    if getattr(cfg, "augment", None) is not None:
+        from mlof.data import build_augmentor
+
+        aug = cfg.augment
+        try:
+            options["transform"] = build_augmentor(aug) if isinstance(aug, str) else build_augmentor(dict(aug))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ConfigError(f"{key}.augment: {e}") from e
+    try:
+        return build_dataset(cfg.name, cfg.root, split=cfg.split, **options)
+    except TypeError as e:  # an option the dataset does not take
+        raise ConfigError(f"{key}.options: {e}") from e
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Batch samples: tensors stacked, everything else (``meta``) kept as lists."""
+    from mlof.data import collate as data_collate
+
+    return data_collate(samples)

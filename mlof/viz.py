@@ -1,0 +1,223 @@
+"""Pictures of flow: Middlebury colour coding, error maps, side-by-side panels, TensorBoard helper.
+
+Inputs follow :mod:`mlof.metrics`: numpy flows are ``H x W x 2`` (or ``N x H x W x 2``), torch flows are
+``2 x H x W`` (or ``N x 2 x H x W``). Every function returns numpy ``uint8`` RGB images ``H x W x 3``
+(``N x H x W x 3`` for batched input). Unknown pixels (NaN, inf, ``|u|`` or ``|v|`` > 1e9, or
+``valid`` False) are drawn black.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from mlof.metrics import FL_ABS_THRESH, FL_REL_THRESH, to_flow_batch, to_mask_batch
+
+__all__ = ["colorwheel", "flow_to_rgb", "error_map", "flow_panel", "to_tensorboard", "KITTI_ERROR_COLORS"]
+
+_UNKNOWN = 1e9
+_EPS = 1e-5   # as in the Middlebury/flow_vis code: a zero-flow field normalises to white, never divides by 0
+
+# KITTI devkit error colours: bins of  min(EPE / 3, 20 * EPE / |gt|)  (1.0 = the Fl-all outlier threshold),
+# from dark blue (tiny error) through white (about a quarter of the threshold) to dark red (16x).
+KITTI_ERROR_COLORS = np.array([
+    [0.0, 0.0625, 49, 54, 149], [0.0625, 0.125, 69, 117, 180], [0.125, 0.25, 116, 173, 209],
+    [0.25, 0.5, 171, 217, 233], [0.5, 1.0, 224, 243, 248], [1.0, 2.0, 254, 224, 144],
+    [2.0, 4.0, 253, 174, 97], [4.0, 8.0, 244, 109, 67], [8.0, 16.0, 215, 48, 39], [16.0, np.inf, 165, 0, 38],
+])
+
+
+@lru_cache(maxsize=1)
+def colorwheel() -> np.ndarray:
+    """The 55 x 3 uint8 Middlebury colour wheel (Baker et al. 2011): segments red-yellow 15, yellow-green 6,
+    green-cyan 4, cyan-blue 11, blue-magenta 13, magenta-red 6; each ramp is ``floor(255 * i / n)``."""
+    segments = [(15, 0, 1, +1), (6, 1, 0, -1), (4, 1, 2, +1), (11, 2, 1, -1), (13, 2, 0, +1), (6, 0, 2, -1)]
+    rows = []
+    for n, full, ramp, direction in segments:
+        seg = np.zeros((n, 3))
+        seg[:, full] = 255
+        up = np.floor(255 * np.arange(n) / n)
+        seg[:, ramp] = up if direction > 0 else 255 - up
+        rows.append(seg)
+    wheel = np.concatenate(rows).astype(np.uint8)
+    wheel.flags.writeable = False
+    return wheel
+
+
+def _flows_hw2(flow: Any) -> tuple[np.ndarray, bool]:
+    """Any supported flow -> float64 numpy N x H x W x 2, plus whether the input was batched."""
+    t, batched = to_flow_batch(flow, "flow")
+    return t.permute(0, 2, 3, 1).cpu().double().numpy(), batched
+
+
+def _known(f: np.ndarray, valid: Any) -> np.ndarray:
+    known = np.isfinite(f).all(-1) & (np.abs(np.nan_to_num(f)) <= _UNKNOWN).all(-1)
+    if valid is not None:
+        n, h, w = known.shape
+        known &= to_mask_batch(valid, n, (h, w), torch.device("cpu"), "valid").numpy()
+    return known
+
+
+def _uv_to_rgb(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Normalised u, v (unit disk = full saturation) -> uint8 RGB, exactly the Middlebury colour code."""
+    wheel = colorwheel().astype(np.float64) / 255.0
+    ncols = wheel.shape[0]
+    rad = np.sqrt(u * u + v * v)
+    fk = (np.arctan2(-v, -u) / np.pi + 1) / 2 * (ncols - 1)     # angle -> position on the wheel
+    k0 = np.floor(fk).astype(np.int64)
+    k1 = (k0 + 1) % ncols
+    f = (fk - k0)[..., None]
+    col = (1 - f) * wheel[k0] + f * wheel[k1]
+    inside = (rad <= 1)[..., None]
+    # inside the disk: desaturate toward white at the centre; beyond the normaliser: darken (Middlebury).
+    col = np.where(inside, 1 - rad[..., None] * (1 - col), col * 0.75)
+    return np.floor(255 * col).astype(np.uint8)
+
+
+def flow_to_rgb(flow: Any, max_radius: float | None = None, valid: Any = None) -> np.ndarray:
+    """Colour-code a flow with the Middlebury wheel: hue = direction, saturation = magnitude.
+
+    ``max_radius`` (px) is the magnitude drawn fully saturated; None uses each image's largest known
+    magnitude. Vectors beyond it are darkened (x 0.75) as in the Middlebury code. Zero flow is white;
+    rightward (+u) is red, downward (+v) orange-yellow, leftward cyan-blue, upward violet.
+    Returns ``H x W x 3`` uint8 (``N x H x W x 3`` for batched input).
+    """
+    if max_radius is not None and not (np.isfinite(max_radius) and max_radius > 0):
+        raise ValueError(f"max_radius must be a positive number, got {max_radius!r}")
+    f, batched = _flows_hw2(flow)
+    known = _known(f, valid)
+    f = np.where(known[..., None], f, 0.0)
+    rad = np.sqrt((f ** 2).sum(-1))
+    if max_radius is None:
+        norm = rad.reshape(len(rad), -1).max(axis=1, initial=0.0)[:, None, None]
+    else:
+        norm = np.full((len(rad), 1, 1), float(max_radius))
+    img = _uv_to_rgb(f[..., 0] / (norm + _EPS), f[..., 1] / (norm + _EPS))
+    img[~known] = 0
+    return img if batched else img[0]
+
+
+def error_map(pred: Any, gt: Any, valid: Any = None, max_error: float | None = None,
+              scale: str = "kitti") -> np.ndarray:
+    """Colour the end-point error ``||pred - gt||`` per pixel; invalid pixels are black.
+
+    ``scale="kitti"`` (default): the KITTI devkit's 10 log-spaced colours of ``min(EPE/3, 20 EPE/|gt|)``,
+    so everything from dark blue to white is within the Fl-all threshold and yellow to dark red is an
+    outlier (2x..16x over). ``scale="linear"``: the turbo colour map from 0 to ``max_error`` px (None: the
+    largest valid error); errors above are clipped to its top colour. Returns ``H x W x 3`` uint8
+    (``N x H x W x 3`` for batched input).
+    """
+    p, batched = _flows_hw2(pred)
+    g, _ = _flows_hw2(gt)
+    if p.shape != g.shape:
+        raise ValueError(f"pred and gt differ in shape: {p.shape} vs {g.shape} (as N x H x W x 2)")
+    known = _known(g, valid)
+    err = np.sqrt(((p - g) ** 2).sum(-1))
+    known &= np.isfinite(err)
+    err = np.where(known, err, 0.0)
+    if scale == "kitti":
+        if max_error is not None:
+            raise ValueError("max_error applies to scale='linear' only (the KITTI scale is fixed)")
+        mag = np.sqrt((np.where(known[..., None], g, 0.0) ** 2).sum(-1))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = np.minimum(err / FL_ABS_THRESH, err / (FL_REL_THRESH * mag))
+        rel = np.nan_to_num(rel, nan=0.0)            # 0/0: no error on a zero vector
+        bins = np.searchsorted(KITTI_ERROR_COLORS[:, 1], rel, side="right")
+        img = KITTI_ERROR_COLORS[np.minimum(bins, len(KITTI_ERROR_COLORS) - 1), 2:].astype(np.uint8)
+    elif scale == "linear":
+        top = float(err.max()) if max_error is None else float(max_error)
+        if not np.isfinite(top) or top < 0 or (max_error is not None and top == 0):
+            raise ValueError(f"max_error must be a positive number, got {max_error!r}")
+        level = np.round(np.clip(err / max(top, 1e-12), 0, 1) * 255).astype(np.uint8)
+        img = np.stack([cv2.applyColorMap(x, cv2.COLORMAP_TURBO)[..., ::-1] for x in level])
+    else:
+        raise ValueError(f"scale must be 'kitti' or 'linear', got {scale!r}")
+    img[~known] = 0
+    return img if batched else img[0]
+
+
+def _to_rgb_image(img: Any, name: str) -> np.ndarray:
+    """An image as H x W x 3 uint8: numpy H x W x 3 / H x W (uint8 or float 0..255), torch 3 x H x W / H x W."""
+    if isinstance(img, torch.Tensor):
+        t = img.detach().cpu()
+        if t.dim() == 3 and t.shape[0] in (1, 3):
+            t = t.permute(1, 2, 0)
+        img = t.numpy()
+    a = np.asarray(img)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if a.ndim == 2:
+        a = np.repeat(a[:, :, None], 3, axis=2)
+    if a.ndim != 3 or a.shape[2] != 3:
+        raise ValueError(f"{name}: expected an RGB image H x W x 3 (numpy) or 3 x H x W (torch), got {a.shape}")
+    if a.dtype != np.uint8:
+        a = np.clip(np.round(np.nan_to_num(a.astype(np.float64))), 0, 255).astype(np.uint8)
+    return a
+
+
+def _label(tile: np.ndarray, text: str) -> np.ndarray:
+    """Write a small caption at the top-left: white on a dark outline, readable on any background."""
+    scale = max(0.35, min(tile.shape[:2]) / 500)
+    org = (4, int(14 * scale / 0.4))
+    out = np.ascontiguousarray(tile)
+    cv2.putText(out, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(out, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
+def flow_panel(frames: Sequence[Any] | Any, flow: Any, gt: Any = None, valid: Any = None, *,
+               labels: bool = True, max_radius: float | None = None, error_scale: str = "kitti",
+               gap: int = 2) -> np.ndarray:
+    """One picture for logs: the frames in the top row; predicted flow, ground truth and error below.
+
+    ``frames``: a sequence of images (numpy H x W x 3, torch 3 x H x W; 0..255) or a T x 3 x H x W tensor.
+    ``flow`` / ``gt``: one flow each (H x W x 2 numpy or 2 x H x W torch). Prediction and ground truth share
+    one colour scale (``max_radius``, default the largest known ground-truth magnitude, else the
+    prediction's) so their colours compare directly. Frames of another size are resized to the flow's.
+    Returns an H' x W' x 3 uint8 image (tiles separated by ``gap`` black pixels).
+    """
+    f, batched = _flows_hw2(flow)
+    if batched and len(f) != 1:
+        raise ValueError(f"flow: flow_panel draws one flow, got a batch of {len(f)}")
+    h, w = f.shape[1:3]
+    if isinstance(frames, (torch.Tensor, np.ndarray)) and frames.ndim == 4:
+        frames = list(frames)
+    row1 = []
+    for i, fr in enumerate(frames):
+        img = _to_rgb_image(fr, f"frames[{i}]")
+        if img.shape[:2] != (h, w):
+            img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+        row1.append(_label(img, f"frame {i + 1}") if labels else img)
+    if max_radius is None:
+        ref = f if gt is None else _flows_hw2(gt)[0]
+        rad = np.sqrt((np.where(_known(ref, None)[..., None], ref, 0.0) ** 2).sum(-1))
+        max_radius = float(rad.max()) if rad.size and rad.max() > 0 else 1.0
+    row2 = [flow_to_rgb(flow, max_radius=max_radius)]
+    captions = [f"prediction (max {max_radius:.1f} px)"]
+    if gt is not None:
+        row2.append(flow_to_rgb(gt, max_radius=max_radius, valid=valid))
+        row2.append(error_map(flow, gt, valid, scale=error_scale))
+        from mlof.metrics import epe   # local: only needed here
+        captions += ["ground truth", f"error (EPE {epe(flow, gt, valid):.2f} px)"]
+    if labels:
+        row2 = [_label(t, c) for t, c in zip(row2, captions)]
+    cols = max(len(row1), len(row2))
+    blank = np.zeros((h, w, 3), np.uint8)
+    rows = [r + [blank] * (cols - len(r)) for r in (row1, row2) if r]
+    vsep = np.zeros((h, gap, 3), np.uint8)
+    lines = [np.concatenate([x for t in r for x in (t, vsep)][:-1], axis=1) for r in rows]
+    hsep = np.zeros((gap, lines[0].shape[1], 3), np.uint8)
+    return np.concatenate([x for ln in lines for x in (ln, hsep)][:-1], axis=0)
+
+
+def to_tensorboard(image: np.ndarray) -> torch.Tensor:
+    """``H x W x 3`` uint8 -> ``3 x H x W`` uint8 tensor for ``SummaryWriter.add_image`` (dataformats CHW);
+    ``N x H x W x 3`` -> ``N x 3 x H x W`` for ``add_images``."""
+    a = np.asarray(image)
+    if a.dtype != np.uint8 or a.ndim not in (3, 4) or a.shape[-1] != 3:
+        raise ValueError(f"image: expected uint8 H x W x 3 or N x H x W x 3, got {a.dtype} {a.shape}")
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    return t.permute(2, 0, 1).contiguous() if a.ndim == 3 else t.permute(0, 3, 1, 2).contiguous()

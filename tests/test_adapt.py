@@ -1,0 +1,192 @@
+"""mlof.adapt: the caller's model untouched, the loss falls on a real pair, parameter selection, the guard,
+input forms and modes."""
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+import backbones
+import mlof
+from mlof.losses import LossOutput
+from tests.meta_helpers import ToyFlowNet, shifted_pair, sintel_clip
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _same_state(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def small_raft():
+    torch.manual_seed(0)
+    return backbones.build("raft_small")
+
+
+@pytest.fixture(scope="module")
+def sintel_result(small_raft, flow_samples):
+    """raft_small (random init) adapted on alley_1 2->3 at 64x128: shared by several tests."""
+    frames = sintel_clip(flow_samples, (64, 128), frames=(2, 3))
+    model = small_raft
+    model.train()  # the caller's mode must survive
+    before = _state(model)
+    result = mlof.adapt(model, frames, steps=3, iters=4, optimizer="adam", lr=1e-4, schedule=None)
+    return model, before, result
+
+
+def test_loss_falls_on_sintel_pair(sintel_result):
+    _, _, result = sintel_result
+    totals = [h["total"] for h in result.history]
+    assert len(totals) == 4 and all(math.isfinite(t) for t in totals)
+    assert totals[-1] < 0.97 * totals[0]  # a clear drop, not noise
+    first = result.history[0]
+    assert {"photo_l1", "photo_ssim", "smooth2", "keep_close", "lr", "grad_norm", "guard"} <= set(first)
+    assert first["guard"] == "start" and first["keep_close"] == 0.0 and first["grad_norm"] > 0
+    assert result.history[-1]["keep_close"] > 0  # the weights moved away from theta_fixed
+    assert result.steps_taken == 3 and not result.rolled_back
+    flow, before = result.flow, result.flows_before[0]
+    assert flow.shape == before.shape == (1, 2, 64, 128)
+    assert (flow - before).abs().max() > 1e-4
+
+
+def test_input_model_untouched(sintel_result):
+    model, before, result = sintel_result
+    assert _same_state(before, model.state_dict())
+    assert model.training  # mode preserved
+    assert all(p.requires_grad and p.grad is None for p in model.parameters())
+    assert result.model is not model
+    assert result.model.training  # the copy mirrors the caller's mode
+    assert not _same_state(before, result.model.state_dict())
+
+
+def test_untouched_after_exception_inside_adapt():
+    model = ToyFlowNet().train()
+    model.encoder[0].weight.requires_grad_(False)
+    before = _state(model)
+
+    class Exploding(torch.nn.Module):
+        calls = 0
+
+        def forward(self, img1, img2, flow_fw, flow_bw=None, **extras):
+            Exploding.calls += 1
+            if Exploding.calls > 2:
+                raise RuntimeError("boom inside the loss")
+            total = (flow_fw - 2).abs().mean()
+            return LossOutput(total, {"l1": total})
+
+    with pytest.raises(RuntimeError, match="boom"):
+        mlof.adapt(model, shifted_pair(), recipe=Exploding(), steps=3, keep_close_weight=0.0)
+    assert Exploding.calls == 3
+    assert _same_state(before, model.state_dict())
+    assert model.training and not model.encoder[0].weight.requires_grad
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_update_block_only_leaves_encoders_bit_identical(small_raft):
+    img1, img2 = shifted_pair(64, 64, shift=3)
+    result = mlof.adapt(small_raft, (img1, img2), params="update_block", steps=2, iters=2, optimizer="adam",
+                        lr=1e-3, schedule=None, guard=False)
+    groups = backbones.param_groups(small_raft)
+    orig, new = small_raft.state_dict(), result.model.state_dict()
+    for name in groups["feature_encoder"] + groups["context_encoder"]:
+        assert torch.equal(orig[name], new[name]), name
+    assert any(not torch.equal(orig[n], new[n]) for n in groups["update_block"])
+
+
+def test_guard_absurd_learning_rate_returns_unadapted_prediction(small_raft):
+    img1, img2 = shifted_pair(64, 64, shift=3)
+    result = mlof.adapt(small_raft, (img1, img2), steps=3, iters=2, lr=1e6, optimizer="sgd", schedule=None)
+    assert result.rolled_back and result.steps_taken == 0
+    assert any(a.startswith("rollback") for a in result.guard_actions)
+    assert torch.isfinite(result.flow).all()
+    assert torch.equal(result.flow, result.flows_before[0])
+    assert _same_state(small_raft.state_dict(), result.model.state_dict())
+
+
+def test_guard_skips_nan_gradient_injected_by_hook():
+    model = ToyFlowNet()
+    handle = model.update_block.register_full_backward_hook(
+        lambda m, gin, gout: tuple(None if g is None else torch.full_like(g, float("nan")) for g in gin))
+    try:
+        result = mlof.adapt(model, shifted_pair(), steps=2, optimizer="adam", lr=1e-2, schedule=None)
+    finally:
+        handle.remove()
+    skipped = [h for h in result.history if "skip:nonfinite-gradient" in str(h.get("guard"))]
+    assert len(skipped) == 2 and all(math.isnan(h["grad_norm"]) for h in skipped)
+    assert torch.isfinite(result.flow).all() and torch.equal(result.flow, result.flows_before[0])
+
+
+def test_guard_off_keeps_last_state_and_best_is_kept_by_default():
+    img1, img2 = shifted_pair()
+    best = mlof.adapt(ToyFlowNet(), (img1, img2), steps=4, optimizer="adam", lr=0.05, schedule=None)
+    totals = [h["total"] for h in best.history]
+    assert best.steps_taken == min(range(len(totals)), key=totals.__getitem__)
+    last = mlof.adapt(ToyFlowNet(), (img1, img2), steps=4, optimizer="adam", lr=0.05, schedule=None, keep="last")
+    assert last.steps_taken == 4
+
+
+def test_frame_forms_and_modes():
+    torch.manual_seed(0)
+    model = ToyFlowNet()
+    frames = [shifted_pair(seed=s)[0] for s in range(3)]
+    joint = mlof.adapt(model, frames, steps=1, optimizer="adam", lr=1e-2, schedule=None)
+    assert len(joint.flows) == 2 and joint.mode == "joint"
+    video = torch.cat(frames)[None].repeat(2, 1, 1, 1, 1)  # N x T x 3 x H x W
+    batched = mlof.adapt(model, video, steps=1, optimizer="adam", lr=1e-2, schedule=None)
+    assert [f.shape for f in batched.flows] == [(2, 2, 32, 48)] * 2
+    pairwise = mlof.adapt(model, [f[0] for f in frames], mode="pairwise", steps=1, optimizer="adam", lr=1e-2,
+                          schedule=None)
+    assert [h["pair"] for h in pairwise.history] == [0, 0, 1, 1]
+    numpy_pair = [f[0].permute(1, 2, 0).to(torch.uint8).numpy() for f in frames[:2]]
+    assert mlof.adapt(model, numpy_pair, steps=0).flow.shape == (1, 2, 32, 48)
+
+
+@pytest.mark.parametrize("frames, match", [
+    ([torch.rand(3, 32, 32)], "at least 2"),
+    ([torch.rand(3, 32, 32), torch.rand(3, 32, 40)], "same size"),
+    ([torch.rand(4, 32, 32), torch.rand(4, 32, 32)], "3 x H x W"),
+    ([torch.rand(3, 32, 32), torch.full((3, 32, 32), float("nan"))], "NaN"),
+    ("frames.png", "pair"),
+])
+def test_bad_frames_raise_value_error(frames, match):
+    with pytest.raises(ValueError, match=match):
+        mlof.adapt(ToyFlowNet(), frames)
+
+
+def test_bad_options_raise_value_error():
+    pair = shifted_pair()
+    with pytest.raises(ValueError, match="unknown adapt option"):
+        mlof.adapt(ToyFlowNet(), pair, stpes=3)
+    with pytest.raises(ValueError, match="optimizer"):
+        mlof.adapt(ToyFlowNet(), pair, optimizer="lbfgs")
+    with pytest.raises(ValueError, match="mode"):
+        mlof.adapt(ToyFlowNet(), pair, mode="sometimes")
+    with pytest.raises(ValueError, match="params"):
+        mlof.adapt(ToyFlowNet(), pair, params="context_encoder")
+
+
+def test_release_defaults():
+    from mlof.meta.tta import AdaptSettings, build_optimizer
+    s = AdaptSettings()
+    assert (s.steps, s.optimizer, s.resolved_lr(), s.clip, s.recipe, s.iters, s.bn) == \
+        (3, "adamw", 1e-5, 1.0, "mlof", 12, "eval")
+    opt, sched = build_optimizer([torch.nn.Parameter(torch.zeros(1))], s)
+    assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[0]["weight_decay"] == 1e-5
+    assert isinstance(sched, torch.optim.lr_scheduler.OneCycleLR)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", backbones.available())
+def test_every_backbone_adapts_one_step(name):
+    torch.manual_seed(0)
+    model = backbones.build(name)
+    img1, img2 = shifted_pair(64, 64, shift=2)
+    result = mlof.adapt(model, (img1, img2), steps=1, iters=2, optimizer="adam", lr=1e-5, schedule=None)
+    assert result.flow.shape == (1, 2, 64, 64) and torch.isfinite(result.flow).all()
+    assert len(result.history) == 2 and math.isfinite(result.history[0]["total"])
+    assert result.history[0]["grad_norm"] > 0

@@ -1,0 +1,75 @@
+"""An interrupted run continued with --resume ends bit-identical to an uninterrupted one."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mlof.checkpoint import load_checkpoint
+from mlof.cli import main
+from mlof.train.pretrain import PretrainJob
+
+TINY = ["steps=4", "batch_size=2", "iters=1", "data.options.size=[64,64]", "data.options.length=6",
+        "data.augment=raft-chairs", "data.options.crop=[48,64]", "log.every=1", "log.latest_every=1",
+        "log.images_every=0", "device=cpu"]
+
+
+def _run(tmp_path, name, *extra):
+    return main(["pretrain", "--quiet", f"out_dir={tmp_path}", f"name={name}", *TINY, *extra])
+
+
+def _same(a: dict, b: dict) -> bool:
+    if a.keys() != b.keys():
+        return False
+    for k in a:
+        x, y = a[k], b[k]
+        if isinstance(x, dict):
+            if not isinstance(y, dict) or not _same(x, y):
+                return False
+        elif isinstance(x, torch.Tensor):
+            if not (isinstance(y, torch.Tensor) and torch.equal(x, y)):
+                return False
+        elif isinstance(x, list):
+            if len(x) != len(y) or not all(_same({0: u}, {0: v}) for u, v in zip(x, y)):
+                return False
+        elif x != y:
+            return False
+    return True
+
+
+def test_resume_is_bit_identical(tmp_path, monkeypatch):
+    assert _run(tmp_path, "straight") == 0
+    ref = load_checkpoint(tmp_path / "straight" / "checkpoints" / "latest.pt")
+    assert ref["step"] == 4
+
+    real_step = PretrainJob.train_step
+
+    def crashing_step(self, step, batch, want_images):   # the process dies before step 2 completes
+        if step == 2:
+            raise KeyboardInterrupt
+        return real_step(self, step, batch, want_images)
+
+    monkeypatch.setattr(PretrainJob, "train_step", crashing_step)
+    assert _run(tmp_path, "broken") == 130
+    monkeypatch.undo()
+    mid = load_checkpoint(tmp_path / "broken" / "checkpoints" / "latest.pt")
+    assert mid["step"] == 2
+
+    assert _run(tmp_path, "broken", "--resume") == 0
+    got = load_checkpoint(tmp_path / "broken" / "checkpoints" / "latest.pt")
+    assert got["step"] == 4
+    assert _same(got["state_dict"], ref["state_dict"])            # weights: bit for bit
+    assert _same(got["optimizer"], ref["optimizer"])              # Adam moments too
+    assert got["scheduler"]["last_epoch"] == ref["scheduler"]["last_epoch"]
+    # and the run really moved: the weights differ from the step-2 ones
+    assert not _same(got["state_dict"], mid["state_dict"])
+
+
+def test_resume_guards(tmp_path, capsys):
+    assert _run(tmp_path, "nothing", "--resume") == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    assert _run(tmp_path, "once", "steps=1") == 0
+    assert _run(tmp_path, "once", "steps=1") == 2                  # no silent overwrite
+    assert "--resume" in capsys.readouterr().err
+    assert _run(tmp_path, "once", "steps=1", "optim.lr=0.1", "--resume") == 2
+    assert "optim.lr" in capsys.readouterr().err                   # another recipe cannot resume
+    assert _run(tmp_path, "once", "steps=1", "--overwrite") == 0
