@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from backbones.layers.attention import Aggregate
+
 __all__ = ["PCBlock", "SKMotionEncoder", "SKUpdateBlock", "MotionMemory", "read_memory"]
 
 
@@ -64,21 +66,12 @@ class SKMotionEncoder(nn.Module):
         return torch.cat([self.conv(torch.cat([cor, flo], dim=1)), flow], dim=1)
 
 
-class MotionAggregator(nn.Module):
-    """Value projection and residual gain of the memory readout (official GMA ``Aggregate`` parameters)."""
-
-    def __init__(self, dim: int = 128):
-        super().__init__()
-        self.to_v = nn.Conv2d(dim, dim, 1, bias=False)
-        self.gamma = nn.Parameter(torch.zeros(1))
-
-
 class SKUpdateBlock(nn.Module):
     """MemFlow update block: motion encoder, PCBlock "GRU", PCBlock flow head, convex-upsampling mask.
 
     ``motion_and_value(flow, corr)`` -> (motion N x 128 x H x W, value N x 128 x H x W);
-    ``forward(net, inp, motion, motion_global)`` -> (net N x 128 x H x W, mask N x 576 x H x W (scaled 0.25),
-    delta_flow N x 2 x H x W).
+    ``forward(net, inp, motion, motion_global, compute_mask)`` -> (net N x 128 x H x W, mask N x 576 x H x W
+    (scaled 0.25) or None, delta_flow N x 2 x H x W).
     """
 
     def __init__(self, corr_planes: int, hidden_dim: int = 128, context_dim: int = 128,
@@ -89,17 +82,19 @@ class SKUpdateBlock(nn.Module):
         self.flow_head = PCBlock(hidden_dim, 2, kernels)
         self.mask = nn.Sequential(nn.Conv2d(hidden_dim, 256, 3, padding=1), nn.ReLU(inplace=True),
                                   nn.Conv2d(256, 64 * 9, 1))
-        self.aggregator = MotionAggregator(128)
+        # only its parameters are used: to_v makes the memory values, gamma weighs the readout
+        self.aggregator = Aggregate(dim=128, heads=1, dim_head=128)
 
     def motion_and_value(self, flow: torch.Tensor, corr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         motion = self.encoder(flow, corr)
         return motion, self.aggregator.to_v(motion)
 
-    def forward(self, net: torch.Tensor, inp: torch.Tensor, motion: torch.Tensor,
-                motion_global: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, net: torch.Tensor, inp: torch.Tensor, motion: torch.Tensor, motion_global: torch.Tensor,
+                compute_mask: bool = True) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         net = self.gru(torch.cat([net, inp, motion, motion_global], dim=1))
-        # scale mask to balance gradients (official constant)
-        return net, 0.25 * self.mask(net), self.flow_head(net)
+        # 0.25 balances the mask's gradients (official constant)
+        mask = 0.25 * self.mask(net) if compute_mask else None
+        return net, mask, self.flow_head(net)
 
 
 @dataclass
@@ -143,7 +138,7 @@ class MotionMemory:
         if tuple(key.shape[-2:]) != self.grid or key.shape[0] != self.keys.shape[0]:
             raise ValueError(
                 f"memory holds batch {self.keys.shape[0]} on a {self.grid} grid but the frame gives batch "
-                f"{key.shape[0]} on {tuple(key.shape[-2:])}: frames of one sequence must share their size; "
+                f"{key.shape[0]} on {tuple(key.shape[-2:])}: frames of one sequence must have the same size; "
                 f"use a fresh memory (reset_memory()) for another video")
 
     def add(self, key: torch.Tensor, value: torch.Tensor) -> None:
@@ -211,20 +206,21 @@ class MotionMemory:
         return mem
 
 
-def read_memory(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, memory: MotionMemory | None,
-                scale: float, train_length: float) -> torch.Tensor:
-    """Attention readout of motion values for the current frame.
+def read_memory(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, memory_keys: torch.Tensor | None,
+                memory_values: torch.Tensor | None, scale: float, train_length: float) -> torch.Tensor:
+    """Attention readout of motion values for the current frame (official ``MemoryManager.match_memory``).
 
-    query, key: N x C x h x w (current frame's context query/key); value: N x Cv x h x w (current motion
-    value). Keys are the memory's plus the current ones; the logit scale is ``scale * log_{train_length}(L)``
-    with L the number of keys (the official length-adaptive scale). Returns N x Cv x h x w.
+    query, key: N x C x h x w (current frame's context query and key); value: N x Cv x h x w (current motion
+    value); memory_keys / memory_values: N x C x L / N x Cv x L of past frames, or None. Keys are the memory's
+    plus the current ones; the logit scale is ``scale * log_{train_length}(L_all)`` with L_all the number of
+    keys (the official length-adaptive scale). Returns N x Cv x h x w.
     """
     n, _, h, w = query.shape
     keys, values = key.flatten(2), value.flatten(2)
-    if memory is not None and not memory.empty:
-        keys = torch.cat([memory.keys, keys], dim=-1)
-        values = torch.cat([memory.values, values], dim=-1)
+    if memory_keys is not None:
+        keys = torch.cat([memory_keys, keys], dim=-1)
+        values = torch.cat([memory_values, values], dim=-1)
     scale = scale * math.log(keys.shape[-1], train_length)
-    # N x L x hw: similarity of every memory key with every query pixel, softmax over the keys
+    # N x L x hw: similarity of every key with every query pixel, softmax over the keys
     affinity = (keys.transpose(1, 2) @ query.flatten(2) * scale).softmax(dim=1)
     return (values @ affinity).view(n, -1, h, w)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from backbones.base import FlowOutput, validate_images
+from backbones.layers.grid import coords_grid
 from backbones.layers.pwc import local_correlation, resize_flow, warp
 from backbones.registry import register
 
@@ -160,10 +161,9 @@ def forward_backward_occlusion(flow_fw: torch.Tensor, flow_bw: torch.Tensor, alp
     masks = []
     for f, g in ((flow_fw, flow_bw), (flow_bw, flow_fw)):
         visible = _abs_sum(f + warp(g, f)) < thresh
-        h, w = f.shape[-2:]
-        ys, xs = torch.meshgrid(torch.arange(h, device=f.device, dtype=f.dtype),
-                                torch.arange(w, device=f.device, dtype=f.dtype), indexing="ij")
-        px, py = xs + f[:, 0:1], ys + f[:, 1:2]
+        n, _, h, w = f.shape
+        pos = coords_grid(n, h, w, device=f.device, dtype=f.dtype) + f
+        px, py = pos[:, 0:1], pos[:, 1:2]
         outgoing = (px > w - 1) | (px < 0) | (py > h - 1) | (py < 0)
         masks.append((visible | outgoing).to(f.dtype))
     return masks[0], masks[1]

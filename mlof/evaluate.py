@@ -42,8 +42,7 @@ class EvaluateConfig:
     seed: int = 0
     device: str = "auto"
     model: ModelConfig = field(default_factory=lambda: ModelConfig(name=None, checkpoint="default"))
-    data: DataConfig = field(default_factory=lambda: DataConfig(
-        name="synthetic", options={"domain": "target", "size": [64, 96], "length": 8}))
+    data: DataConfig = field(default_factory=DataConfig)   # options merge key by key: keep defaults empty
     iters: Optional[int] = None      # default: the dataset's protocol (32 Sintel, 24 KITTI / Chairs)
     padding: Optional[str] = None    # sintel | kitti; default: the dataset's protocol
     warm_start: bool = False

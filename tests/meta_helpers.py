@@ -18,10 +18,12 @@ class ToyFlowNet(nn.Module):
     groups ("encoder", "update_block") like the real backbones.
     """
 
-    def __init__(self):
+    def __init__(self, seed: int = 0):
         super().__init__()
-        self.encoder = nn.Sequential(nn.Conv2d(6, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Tanh())
-        self.update_block = nn.Conv2d(4, 2, 3, padding=1)
+        with torch.random.fork_rng():  # the same weights for every instance with the same seed
+            torch.manual_seed(seed)
+            self.encoder = nn.Sequential(nn.Conv2d(6, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Tanh())
+            self.update_block = nn.Conv2d(4, 2, 3, padding=1)
         self.bias = nn.Parameter(torch.tensor([1.0, 0.0]))
 
     def param_group_prefixes(self) -> dict[str, list[str]]:

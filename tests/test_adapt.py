@@ -35,20 +35,20 @@ def sintel_result(small_raft, flow_samples):
     model = small_raft
     model.train()  # the caller's mode must survive
     before = _state(model)
-    result = mlof.adapt(model, frames, steps=3, iters=4, optimizer="adam", lr=1e-4, schedule=None)
+    result = mlof.adapt(model, frames, steps=2, iters=3, optimizer="adam", lr=3e-5, schedule=None)
     return model, before, result
 
 
 def test_loss_falls_on_sintel_pair(sintel_result):
     _, _, result = sintel_result
     totals = [h["total"] for h in result.history]
-    assert len(totals) == 4 and all(math.isfinite(t) for t in totals)
-    assert totals[-1] < 0.97 * totals[0]  # a clear drop, not noise
+    assert len(totals) == 3 and all(math.isfinite(t) for t in totals)
+    assert totals[-1] < totals[1] < 0.95 * totals[0]  # a clear, steady drop, not noise
     first = result.history[0]
     assert {"photo_l1", "photo_ssim", "smooth2", "keep_close", "lr", "grad_norm", "guard"} <= set(first)
     assert first["guard"] == "start" and first["keep_close"] == 0.0 and first["grad_norm"] > 0
     assert result.history[-1]["keep_close"] > 0  # the weights moved away from theta_fixed
-    assert result.steps_taken == 3 and not result.rolled_back
+    assert result.steps_taken == 2 and not result.rolled_back
     flow, before = result.flow, result.flows_before[0]
     assert flow.shape == before.shape == (1, 2, 64, 128)
     assert (flow - before).abs().max() > 1e-4
@@ -90,7 +90,7 @@ def test_untouched_after_exception_inside_adapt():
 def test_update_block_only_leaves_encoders_bit_identical(small_raft):
     img1, img2 = shifted_pair(64, 64, shift=3)
     result = mlof.adapt(small_raft, (img1, img2), params="update_block", steps=2, iters=2, optimizer="adam",
-                        lr=1e-3, schedule=None, guard=False)
+                        lr=1e-3, schedule=None, guard=False, keep="last")
     groups = backbones.param_groups(small_raft)
     orig, new = small_raft.state_dict(), result.model.state_dict()
     for name in groups["feature_encoder"] + groups["context_encoder"]:
@@ -121,13 +121,19 @@ def test_guard_skips_nan_gradient_injected_by_hook():
     assert torch.isfinite(result.flow).all() and torch.equal(result.flow, result.flows_before[0])
 
 
-def test_guard_off_keeps_last_state_and_best_is_kept_by_default():
+def test_best_state_is_kept_by_default_and_guard_can_be_off():
     img1, img2 = shifted_pair()
-    best = mlof.adapt(ToyFlowNet(), (img1, img2), steps=4, optimizer="adam", lr=0.05, schedule=None)
+    opts = dict(steps=4, optimizer="adam", lr=0.02, schedule=None)
+    best = mlof.adapt(ToyFlowNet(), (img1, img2), **opts)
     totals = [h["total"] for h in best.history]
-    assert best.steps_taken == min(range(len(totals)), key=totals.__getitem__)
-    last = mlof.adapt(ToyFlowNet(), (img1, img2), steps=4, optimizer="adam", lr=0.05, schedule=None, keep="last")
-    assert last.steps_taken == 4
+    assert best.steps_taken == min(range(len(totals)), key=totals.__getitem__) < 4  # step 4 was worse
+    last = mlof.adapt(ToyFlowNet(), (img1, img2), keep="last", **opts)
+    assert last.steps_taken == 4 and not torch.equal(last.flow, best.flow)
+    # lr 0.05 diverges (objective x1.6 after one step): rolled back with the guard, kept without it.
+    wild = dict(opts, lr=0.05)
+    assert mlof.adapt(ToyFlowNet(), (img1, img2), **wild).rolled_back
+    off = mlof.adapt(ToyFlowNet(), (img1, img2), guard=False, keep="last", **wild)
+    assert not off.rolled_back and off.steps_taken == 4
 
 
 def test_frame_forms_and_modes():

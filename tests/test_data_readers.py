@@ -182,8 +182,10 @@ def test_missing_and_empty_roots(tmp_path):
             build_dataset(name, empty)
     with pytest.raises(ValueError, match="unknown dataset"):
         build_dataset("nosuch", tmp_path)
-    with pytest.raises(ValueError, match="unexpected keyword"):
+    with pytest.raises(ValueError, match="unknown option.*colour"):
         build_dataset("folder", tmp_path, colour="blue")
+    with pytest.raises(ValueError, match="pass_"):
+        build_dataset("synthetic", None, pass_="dirty")
 
 
 def test_indices_crop_and_loader(tmp_path):
@@ -199,9 +201,16 @@ def test_indices_crop_and_loader(tmp_path):
     assert batch["img1"].shape == (2, 3, 24, 32)
     assert batch["meta"]["dataset"] == ["folder", "folder"] and len(batch["meta"]["paths"]["img1"]) == 2
     order1 = [m for b in loader for m in b["meta"]["index"]]
-    loader.set_epoch(1)
-    order2 = [m for b in loader for m in b["meta"]["index"]]
-    assert sorted(order1) == sorted(order2) == list(range(4)) and order1 != order2 or True
+    again = build_loader(build_dataset("folder", tmp_path), batch_size=2, shuffle=True, seed=0)
+    assert [m for b in again for m in b["meta"]["index"]] == order1          # same seed, same order
+    orders = set()
+    for epoch in range(1, 5):
+        loader.set_epoch(epoch)
+        orders.add(tuple(m for b in loader for m in b["meta"]["index"]))
+    assert sorted(order1) == list(range(4)) and len(orders) > 1              # epochs reshuffle
+    shards = [[m for b in build_loader(build_dataset("folder", tmp_path), batch_size=1, seed=0, distributed=True,
+                                        rank=r, world_size=2) for m in b["meta"]["index"]] for r in (0, 1)]
+    assert sorted(shards[0] + shards[1]) == list(range(4)) and len(shards[0]) == 2
 
 
 def test_collate_pads_ragged():

@@ -14,6 +14,15 @@ RECIPE_NAMES = ("mlof", "arflow", "uflow", "smurf", "upflow")
 D64 = torch.float64
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tensors are tiny: one intra-op thread avoids OpenMP hand-off costs that dominate on a busy box."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _smooth_images(n: int = 1, h: int = 12, w: int = 14, dtype=torch.float32, seed: int = 0) -> torch.Tensor:
     """Smooth random 0..255 images (blurred noise), so bilinear warps have well-defined gradients."""
     g = torch.Generator().manual_seed(seed)
@@ -275,8 +284,21 @@ def test_build_loss_dict_schema():
         L.build_loss("mlof")(_smooth_images(1, 8, 9), _smooth_images(1, 8, 9), torch.zeros(1, 2, 4, 4))
 
 
-def test_mlof_recipe_gradcheck():
+def test_mlof_recipe_gradcheck_in_the_flows():
     loss = L.build_loss("mlof")
+    img1 = _smooth_images(1, 7, 8, dtype=D64)
+    img2 = _smooth_images(1, 7, 8, dtype=D64, seed=4)
+    fw = _rand_flow(1, 7, 8, 1.2, dtype=D64).requires_grad_()
+    bw = _rand_flow(1, 7, 8, 1.2, dtype=D64, seed=6).requires_grad_()
+    assert torch.autograd.gradcheck(lambda f, g: loss(img1, img2, f, g).total, (fw, bw), atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", RECIPE_NAMES)
+def test_recipe_gradcheck_in_images_and_flows(name):
+    # A soft mask with stop-gradient (UFlow/SMURF) makes the true Jacobian differ from the implemented one by
+    # design; check the undetached variant (hard masks are piecewise constant and need nothing).
+    loss = L.build_loss({"base": name, "detach_mask": False})
     img1 = _smooth_images(1, 9, 10, dtype=D64).requires_grad_()
     img2 = _smooth_images(1, 9, 10, dtype=D64, seed=4).requires_grad_()
     fw = _rand_flow(1, 9, 10, 1.2, dtype=D64).requires_grad_()
@@ -331,7 +353,7 @@ def test_edge_cases_give_finite_loss_and_gradient(name, kind):
     assert torch.isfinite(fw.grad).all() and torch.isfinite(bw.grad).all()
     if kind == "all_occluded" and name in ("mlof", "arflow"):
         assert float(out.extras["noc_fw"].sum()) == 0
-        assert float(out.terms["photo_l1"]) == 0.0
+        assert float(out.terms["photo_l1"].detach()) == 0.0
 
 
 @pytest.mark.parametrize("name", RECIPE_NAMES)
@@ -391,7 +413,7 @@ def test_self_supervision_crop_and_masks():
     assert float(wrong) > 10 * float(val)
     resized = L.crop_and_resize(teacher, box, (16, 16), is_flow=True)
     assert resized.shape == (1, 2, 16, 16)
-    assert math.isclose(float(resized.abs().mean()), 2 * float(teacher[:, :, 2:10, 4:12].abs().mean()), rel_tol=0.1)
+    assert math.isclose(float(resized.mean()), 2 * float(teacher[:, :, 2:10, 4:12].mean()), rel_tol=0.05)
     teacher_g = teacher.clone().requires_grad_()
     L.self_supervision(teacher_g, student, crop_box=box, teacher_flow_bw=-teacher,
                        student_flow_bw=torch.zeros_like(student)).backward()

@@ -8,13 +8,20 @@ from mlof.checkpoint import load_checkpoint
 from mlof.cli import main
 from mlof.train.pretrain import PretrainJob
 
-TINY = ["steps=4", "batch_size=2", "iters=1", "data.options.size=[64,64]", "data.options.length=6",
-        "data.augment=raft-chairs", "data.options.crop=[48,64]", "log.every=1", "log.latest_every=1",
+from tests._tiny_data import sintel_args, tiny_sintel
+
+TINY = ["steps=4", "batch_size=2", "iters=1", "data.augment=raft-chairs", "log.every=1", "log.latest_every=1",
         "log.images_every=0", "device=cpu"]
 
 
-def _run(tmp_path, name, *extra):
-    return main(["pretrain", "--quiet", f"out_dir={tmp_path}", f"name={name}", *TINY, *extra])
+@pytest.fixture(scope="module")
+def data_args(tmp_path_factory):
+    # random crops through the augmentor: resume must reproduce the augmentation too
+    return sintel_args(tiny_sintel(tmp_path_factory)) + ["data.options.crop=[64,64]"]
+
+
+def _run(tmp_path, data_args, name, *extra):
+    return main(["pretrain", "--quiet", f"out_dir={tmp_path}", f"name={name}", *TINY, *data_args, *extra])
 
 
 def _same(a: dict, b: dict) -> bool:
@@ -36,8 +43,8 @@ def _same(a: dict, b: dict) -> bool:
     return True
 
 
-def test_resume_is_bit_identical(tmp_path, monkeypatch):
-    assert _run(tmp_path, "straight") == 0
+def test_resume_is_bit_identical(tmp_path, data_args, monkeypatch):
+    assert _run(tmp_path, data_args, "straight") == 0
     ref = load_checkpoint(tmp_path / "straight" / "checkpoints" / "latest.pt")
     assert ref["step"] == 4
 
@@ -49,12 +56,12 @@ def test_resume_is_bit_identical(tmp_path, monkeypatch):
         return real_step(self, step, batch, want_images)
 
     monkeypatch.setattr(PretrainJob, "train_step", crashing_step)
-    assert _run(tmp_path, "broken") == 130
+    assert _run(tmp_path, data_args, "broken") == 130
     monkeypatch.undo()
     mid = load_checkpoint(tmp_path / "broken" / "checkpoints" / "latest.pt")
     assert mid["step"] == 2
 
-    assert _run(tmp_path, "broken", "--resume") == 0
+    assert _run(tmp_path, data_args, "broken", "--resume") == 0
     got = load_checkpoint(tmp_path / "broken" / "checkpoints" / "latest.pt")
     assert got["step"] == 4
     assert _same(got["state_dict"], ref["state_dict"])            # weights: bit for bit
@@ -64,12 +71,12 @@ def test_resume_is_bit_identical(tmp_path, monkeypatch):
     assert not _same(got["state_dict"], mid["state_dict"])
 
 
-def test_resume_guards(tmp_path, capsys):
-    assert _run(tmp_path, "nothing", "--resume") == 2
+def test_resume_guards(tmp_path, data_args, capsys):
+    assert _run(tmp_path, data_args, "nothing", "--resume") == 2
     assert "nothing to resume" in capsys.readouterr().err
-    assert _run(tmp_path, "once", "steps=1") == 0
-    assert _run(tmp_path, "once", "steps=1") == 2                  # no silent overwrite
+    assert _run(tmp_path, data_args, "once", "steps=1") == 0
+    assert _run(tmp_path, data_args, "once", "steps=1") == 2                  # no silent overwrite
     assert "--resume" in capsys.readouterr().err
-    assert _run(tmp_path, "once", "steps=1", "optim.lr=0.1", "--resume") == 2
+    assert _run(tmp_path, data_args, "once", "steps=1", "optim.lr=0.1", "--resume") == 2
     assert "optim.lr" in capsys.readouterr().err                   # another recipe cannot resume
-    assert _run(tmp_path, "once", "steps=1", "--overwrite") == 0
+    assert _run(tmp_path, data_args, "once", "steps=1", "--overwrite") == 0

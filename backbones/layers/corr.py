@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from backbones.layers.grid import bilinear_sampler
+from backbones.layers.local_corr import TILE, local_correlation
 
 __all__ = ["CorrBlock", "OnDemandCorrBlock", "build_corr", "dense_corr_bytes", "CORR_KINDS",
            "DEFAULT_MEMORY_BUDGET"]
@@ -90,87 +91,39 @@ class CorrBlock:
             return torch.cat(out, dim=-1).permute(0, 3, 1, 2).contiguous()
 
 
-class _GatherDot(torch.autograd.Function):
-    """out[n, p, k] = <f1[n, p], table[n, idx[n, p, k]]>, computed in chunks of pixels.
-
-    f1: N x P x C; table: N x M x C (last row is zeros, used for out-of-image positions); idx: N x P x K
-    int64 indices into the rows of ``table``. The backward pass recomputes the gathers chunk by chunk instead
-    of storing the N x P x K x C gathered features, so memory stays O(N * (P * K + M * C)). The backward is
-    written with differentiable ops, so second-order gradients (MAML) work too (without the memory bound).
-    """
-
-    @staticmethod
-    def forward(ctx, f1: torch.Tensor, table: torch.Tensor, idx: torch.Tensor, chunk: int) -> torch.Tensor:
-        ctx.save_for_backward(f1, table, idx)
-        ctx.chunk = chunk
-        return _gather_dot(f1, table, idx, chunk)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        f1, table, idx = ctx.saved_tensors
-        n, p, k = idx.shape
-        c = f1.shape[-1]
-        m = table.shape[1]
-        flat_idx = idx + (torch.arange(n, device=idx.device) * m).view(n, 1, 1)
-        flat_table = table.reshape(n * m, c)
-        grad_f1 = grad_table = None
-        g1, gt = [], torch.zeros_like(flat_table)
-        for s in range(0, p, ctx.chunk):
-            e = min(p, s + ctx.chunk)
-            gi = grad[:, s:e]                                              # N x p x K
-            if ctx.needs_input_grad[0]:
-                g1.append((gi.unsqueeze(-2) @ flat_table[flat_idx[:, s:e]]).squeeze(-2))
-            if ctx.needs_input_grad[1]:
-                contrib = gi.unsqueeze(-1) * f1[:, s:e].unsqueeze(-2)      # N x p x K x C
-                gt = gt.index_add(0, flat_idx[:, s:e].reshape(-1), contrib.reshape(-1, c))
-        if ctx.needs_input_grad[0]:
-            grad_f1 = torch.cat(g1, dim=1)
-        if ctx.needs_input_grad[1]:
-            grad_table = gt.view(n, m, c)
-        return grad_f1, grad_table, None, None
-
-
-def _gather_dot(f1: torch.Tensor, table: torch.Tensor, idx: torch.Tensor, chunk: int) -> torch.Tensor:
-    n, p, k = idx.shape
-    m, c = table.shape[1:]
-    flat_idx = idx + (torch.arange(n, device=idx.device) * m).view(n, 1, 1)
-    flat_table = table.reshape(n * m, c)
-    out = f1.new_empty(n, p, k)
-    for s in range(0, p, chunk):
-        e = min(p, s + chunk)
-        gathered = flat_table[flat_idx[:, s:e]]                            # N x p x K x C
-        out[:, s:e] = (gathered @ f1[:, s:e].unsqueeze(-1)).squeeze(-1)
-    return out
-
-
 class OnDemandCorrBlock:
     """Memory-bounded correlation: same call and result as :class:`CorrBlock`, no all-pairs volume.
 
     Correlation is linear in fmap2, so pooling the volume over fmap2's grid (official) equals correlating with
     the pooled fmap2; and bilinear sampling at integer offsets around one centre uses the same four weights
     for every offset. So each lookup gathers the (2r+2)^2 integer neighbours of ``floor(coords / 2^i)`` from
-    the pooled fmap2, takes dot products with fmap1, and blends them with the bilinear weights.
-    Differentiable in fmap1, fmap2 and coords. ``chunk_bytes`` bounds the gathered features held at once.
+    the pooled fmap2, takes dot products with fmap1 (``local_correlation``: tiles of pixels against the
+    bounding box of their windows), and blends them with the bilinear weights.
+    Differentiable in fmap1, fmap2 and coords. ``chunk_bytes`` bounds the gathered features held at once;
+    ``tile`` (pixels per tile side) and ``max_spread`` (largest window-origin spread inside a tile before its
+    pixels take the per-pixel gather path; default 2 * tile - 1) tune speed only, never the result.
     """
 
     def __init__(self, fmap1: torch.Tensor, fmap2: torch.Tensor, num_levels: int = 4, radius: int = 4,
-                 chunk_bytes: int = DEFAULT_CHUNK_BYTES):
+                 chunk_bytes: int = DEFAULT_CHUNK_BYTES, tile: int = TILE, max_spread: int | None = None):
         _check_fmaps(fmap1, fmap2, num_levels, radius)
+        if int(chunk_bytes) <= 0 or int(tile) < 1:
+            raise ValueError(f"chunk_bytes and tile must be positive, got {chunk_bytes} and {tile}")
         self.num_levels, self.radius = num_levels, radius
+        self.chunk_bytes, self.tile, self.max_spread = int(chunk_bytes), int(tile), max_spread
         with torch.autocast(device_type=fmap1.device.type, enabled=False):
             n, c, h, w = fmap1.shape
-            # 1/sqrt(C) folded into fmap1 once; N x HW x C rows for the per-pixel dot products.
-            self.f1 = (fmap1.float() / math.sqrt(c)).flatten(2).transpose(1, 2)
+            self.f1 = fmap1.float() / math.sqrt(c)  # 1/sqrt(C) folded into fmap1 once
+            # Per level: the pooled fmap2 as rows (batch after batch, each followed by a zero row that
+            # out-of-image positions read), and its size.
             self.tables: list[tuple[torch.Tensor, int, int]] = []
             f2 = fmap2.float()
             for i in range(num_levels):
                 if i > 0:
                     f2 = F.avg_pool2d(f2, 2, stride=2)
                 h2, w2 = f2.shape[-2:]
-                zero_row = f2.new_zeros(n, 1, c)
-                self.tables.append((torch.cat([f2.flatten(2).transpose(1, 2), zero_row], dim=1), h2, w2))
-        k = (2 * radius + 2) ** 2
-        self.chunk = max(1, int(chunk_bytes) // max(1, n * k * c * 4))
+                rows = torch.cat([f2.flatten(2).transpose(1, 2), f2.new_zeros(n, 1, c)], dim=1)
+                self.tables.append((rows.reshape(n * (h2 * w2 + 1), c), h2, w2))
 
     def __call__(self, coords: torch.Tensor) -> torch.Tensor:
         r = self.radius
@@ -178,28 +131,20 @@ class OnDemandCorrBlock:
         with torch.autocast(device_type=coords.device.type, enabled=False):
             coords = coords.float()
             n, _, h, w = coords.shape
-            if h * w != self.f1.shape[1]:
-                raise ValueError(f"coords grid {h}x{w} does not match the feature maps "
-                                 f"({self.f1.shape[1]} pixels)")
-            ar = torch.arange(-r, r + 2, device=coords.device)
+            if (n, h, w) != (self.f1.shape[0], *self.f1.shape[-2:]):
+                raise ValueError(f"coords of shape {tuple(coords.shape)} do not match the feature maps "
+                                 f"{tuple(self.f1.shape)}")
             out = []
             for i, (table, h2, w2) in enumerate(self.tables):
                 c_l = coords / 2 ** i
-                x, y = c_l[:, 0].reshape(n, -1), c_l[:, 1].reshape(n, -1)     # N x P
-                x0, y0 = torch.floor(x), torch.floor(y)
-                fx, fy = (x - x0).unsqueeze(-1), (y - y0).unsqueeze(-1)    # bilinear weights, N x P x 1
-                xi = x0.long().unsqueeze(-1) + ar                          # N x P x side  (x offsets)
-                yi = y0.long().unsqueeze(-1) + ar                          # N x P x side  (y offsets)
-                valid = (((xi >= 0) & (xi < w2)).unsqueeze(-1)
-                         & ((yi >= 0) & (yi < h2)).unsqueeze(-2))          # N x P x side(x) x side(y)
-                idx = yi.unsqueeze(-2) * w2 + xi.unsqueeze(-1)
-                idx = torch.where(valid, idx, torch.full_like(idx, h2 * w2)).reshape(n, -1, side * side)
-                g = _GatherDot.apply(self.f1, table, idx, self.chunk).view(n, -1, side, side)
-                # g[..., a, b]: x offset a - r, y offset b - r (integer); blend the four corners.
-                corr = ((1 - fx.unsqueeze(-1)) * (1 - fy.unsqueeze(-1)) * g[..., :-1, :-1]
-                        + fx.unsqueeze(-1) * (1 - fy.unsqueeze(-1)) * g[..., 1:, :-1]
-                        + (1 - fx.unsqueeze(-1)) * fy.unsqueeze(-1) * g[..., :-1, 1:]
-                        + fx.unsqueeze(-1) * fy.unsqueeze(-1) * g[..., 1:, 1:])
+                x0, y0 = torch.floor(c_l[:, 0]), torch.floor(c_l[:, 1])
+                fx = (c_l[:, 0] - x0)[..., None, None]                              # N x H x W x 1 x 1
+                fy = (c_l[:, 1] - y0)[..., None, None]
+                # g[..., a, b]: x offset a - r, y offset b - r around the floor (integer positions)
+                g = local_correlation(self.f1, table, h2, w2, x0.long() - r, y0.long() - r, side,
+                                      self.chunk_bytes, self.tile, self.max_spread)
+                corr = ((1 - fx) * (1 - fy) * g[..., :-1, :-1] + fx * (1 - fy) * g[..., 1:, :-1]
+                        + (1 - fx) * fy * g[..., :-1, 1:] + fx * fy * g[..., 1:, 1:])
                 out.append(corr.reshape(n, h, w, -1))
             return torch.cat(out, dim=-1).permute(0, 3, 1, 2).contiguous()
 

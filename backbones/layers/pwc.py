@@ -117,6 +117,5 @@ def resize_flow(flow: torch.Tensor, size: tuple[int, int] | torch.Size, align_co
     size = (int(size[0]), int(size[1]))
     out = F.interpolate(flow, size=size, mode="bilinear", align_corners=align_corners)
     if scale:
-        factor = torch.tensor([size[1] / w, size[0] / h], device=flow.device, dtype=flow.dtype).view(1, 2, 1, 1)
-        out = out * factor
+        out = torch.cat((out[:, :1] * (size[1] / w), out[:, 1:] * (size[0] / h)), dim=1)
     return out

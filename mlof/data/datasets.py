@@ -13,7 +13,7 @@ from typing import Any, Callable
 from mlof.data import readers
 from mlof.data.base import FlowDataset
 
-__all__ = ["build_dataset", "available_datasets", "DATASETS"]
+__all__ = ["build_dataset", "available_datasets", "dataset_options", "DATASETS"]
 
 
 def _synthetic(root: Any, split: str = "training", **options: Any) -> FlowDataset:
@@ -52,22 +52,32 @@ def available_datasets() -> list[str]:
     return sorted(DATASETS)
 
 
+COMMON_OPTIONS = ("transform", "crop", "crop_mode", "seed")
+
+
+def dataset_options(name: str) -> list[str]:
+    """The options ``build_dataset(name, ...)`` accepts (common ones included)."""
+    key = _ALIASES.get(str(name).lower(), str(name).lower())
+    if key == "synthetic":
+        from mlof.data.synthetic import SyntheticFlowDataset as fn
+    elif key == "video":
+        from mlof.data.video import VideoDataset as fn
+    else:
+        fn = DATASETS[key]
+    params = inspect.signature(fn).parameters.values()
+    own = [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY or
+           (key in ("synthetic",) and p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    common = list(COMMON_OPTIONS) + (["indices"] if key not in ("synthetic", "video") else [])
+    return sorted(set(own) | set(common))
+
+
 def build_dataset(name: str, root: Any = None, split: str = "training", **options: Any) -> FlowDataset:
     """Build dataset ``name`` from ``root`` (see the module docstring); unknown names/options raise ValueError."""
     key = _ALIASES.get(str(name).lower(), str(name).lower())
     if key not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; available: {', '.join(available_datasets())}")
-    try:
-        return DATASETS[key](root, split, **options)
-    except TypeError as e:
-        fn = DATASETS[key]
-        if "unexpected keyword" in str(e):
-            raise ValueError(f"{key}: {e}. Options of {key}: {_signature(fn)}") from e
-        raise
-
-
-def _signature(fn: Callable[..., Any]) -> str:
-    try:
-        return str(inspect.signature(fn))
-    except (TypeError, ValueError):
-        return "(see its docstring)"
+    allowed = dataset_options(key)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"{key}: unknown option(s) {unknown}; options of {key}: {', '.join(allowed)}")
+    return DATASETS[key](root, split, **options)

@@ -117,10 +117,12 @@ class FlowLoader(DataLoader):
 
 def build_loader(dataset: Dataset, batch_size: int = 1, shuffle: bool = True, seed: int = 0,
                  num_workers: int = 0, distributed: bool = False, drop_last: bool = False,
-                 pad: bool = True, pin_memory: bool = False) -> FlowLoader:
+                 pad: bool = True, pin_memory: bool = False, rank: int | None = None,
+                 world_size: int | None = None) -> FlowLoader:
     """The loader the pipelines use: seeded order (``DistributedSampler`` when ``distributed``), :func:`collate`
     (with ``pad``), :class:`WorkerSeeder`. Call ``loader.set_epoch(e)`` before each epoch for a new order and
     new augmentation draws; workers are not persistent, so the dataset's epoch reaches them.
+    ``rank`` / ``world_size`` default to the initialised process group's (``distributed=True``).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -130,7 +132,8 @@ def build_loader(dataset: Dataset, batch_size: int = 1, shuffle: bool = True, se
         raise ValueError("build_loader: the dataset is empty")
     sampler: Sampler[int]
     if distributed:
-        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed,
+                                     drop_last=drop_last)
     else:
         sampler = SeededRandomSampler(dataset, seed=seed, shuffle=shuffle)
     return FlowLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,

@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                           "written as an MPI-Sintel training tree (training/clean, final, flow, occlusions, "
                           "invalid) plus domain.json.")
     parser.epilog = _EPILOG.format(params=_param_help())
-    parser.add_argument("--out", required=True, help="output folder (created; becomes the Sintel root)")
+    parser.add_argument("--out", default=None, help="output folder (required; created; becomes the Sintel root)")
     parser.add_argument("--domain", default="source",
                         help="domain: 'source', 'target', or a YAML file of parameters (key 'base' picks the "
                              "defaults) (default: source)")
@@ -104,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
     from mlof.data.synthetic import write_tree
 
     try:
+        if not args.out:
+            raise ValueError("--out is required (the folder to write the tree to)")
         dom = _domain(args)
         out = Path(args.out)
         if out.exists() and any(out.iterdir()) and not args.overwrite:

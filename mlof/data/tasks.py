@@ -3,7 +3,7 @@
 A *task* is one or more frame pairs of a domain (MLOF: one annotated pair). ``split_indices`` gives the
 meta-train and evaluation pair indices of a dataset:
 
-* the splits published with MLOF (:mod:`mlof.data.published_splits`): ``kitti15`` (or ``kitti``) with
+* the splits published with MLOF (:mod:`mlof.data.mlof_splits`): ``kitti15`` (or ``kitti``) with
   ``"crossval-1".."crossval-3"`` (= Sm20_1..3, the paper's cross-validation splits), any ``"Sm<n>_<k>"``
   (Sm5/10/20/50/100/160) or ``"release-<N>"`` (the release's ``--crossval N``); ``sintel`` with
   ``"crossval-1".."crossval-3"`` (Sm20_1..3) and ``"Sm100_1"``;
@@ -22,18 +22,27 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from mlof.data import published_splits as pub
+from mlof.data import mlof_splits as pub
 
 __all__ = ["Split", "split_indices", "published_splits", "Task", "TaskSampler"]
 
 
 @dataclass(frozen=True)
 class Split:
-    """Meta-train and evaluation pair indices (sorted), and the split's name."""
+    """Meta-train and evaluation pair indices (sorted), and the split's name.
+
+    Iterating a split (or ``len``) goes over its meta-train indices: ``dataset.select(list(split))``.
+    """
 
     train: list[int]
     eval: list[int]
     name: str
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.train)
+
+    def __len__(self) -> int:
+        return len(self.train)
 
 
 _PUBLISHED = {"kitti15": (pub.KITTI15_SPLITS, pub.KITTI15_RELEASE_NUMBERS, pub.KITTI15_TOTAL),
@@ -99,26 +108,29 @@ def split_indices(dataset_name: str, split: str, n_total: int | None = None) -> 
 
 
 def _general(key: str, text: str, n_total: int | None) -> Split:
+    cv = re.fullmatch(r"(?:crossval|cv)-?(\d+)(?:/(\d+))?", text)
+    ns = re.fullmatch(r"n\s*=\s*(\d+)\s*(?:,\s*seed\s*=\s*(\d+))?", text)
+    if not (cv or ns):
+        published = f" or a published one ({', '.join(published_splits(key))})" if key in _PUBLISHED else ""
+        raise ValueError(f"split: {text!r} not understood; use 'crossval-k', 'crossval-k/K', "
+                         f"'n=20,seed=0'{published}")
+    if n_total is None and key in _PUBLISHED:
+        n_total = _PUBLISHED[key][2]
     if n_total is None or int(n_total) < 2:
         raise ValueError(f"n_total: split {text!r} of {key} needs the number of pairs (>= 2), got {n_total}")
     n_total = int(n_total)
-    m = re.fullmatch(r"(?:crossval|cv)-?(\d+)(?:/(\d+))?", text)
-    if m:
-        k, folds = int(m.group(1)), int(m.group(2) or 10)
+    if cv:
+        k, folds = int(cv.group(1)), int(cv.group(2) or 10)
         if not 1 <= k <= folds or folds > n_total:
             raise ValueError(f"split: {text!r} needs 1 <= k <= K <= n_total ({n_total})")
         perm = np.random.default_rng(0).permutation(n_total)
         train = sorted(int(i) for i in np.array_split(perm, folds)[k - 1])
         return Split(train, sorted(set(range(n_total)) - set(train)), f"{key}:crossval-{k}/{folds}")
-    m = re.fullmatch(r"n\s*=\s*(\d+)\s*(?:,\s*seed\s*=\s*(\d+))?", text)
-    if m:
-        n, seed = int(m.group(1)), int(m.group(2) or 0)
-        if not 1 <= n < n_total:
-            raise ValueError(f"split: n={n} must be between 1 and n_total - 1 ({n_total - 1})")
-        train = sorted(int(i) for i in np.random.default_rng(seed).choice(n_total, n, replace=False))
-        return Split(train, sorted(set(range(n_total)) - set(train)), f"{key}:n={n},seed={seed}")
-    published = f" or a published one ({', '.join(published_splits(key))})" if key in _PUBLISHED else ""
-    raise ValueError(f"split: {text!r} not understood; use 'crossval-k', 'crossval-k/K', 'n=20,seed=0'{published}")
+    n, seed = int(ns.group(1)), int(ns.group(2) or 0)
+    if not 1 <= n < n_total:
+        raise ValueError(f"split: n={n} must be between 1 and n_total - 1 ({n_total - 1})")
+    train = sorted(int(i) for i in np.random.default_rng(seed).choice(n_total, n, replace=False))
+    return Split(train, sorted(set(range(n_total)) - set(train)), f"{key}:n={n},seed={seed}")
 
 
 # ----------------------------------------------------------------------------------------------------- tasks

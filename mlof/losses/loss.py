@@ -131,11 +131,15 @@ class UnsupervisedLoss(nn.Module):
         orders = [(o, cfg.weights.get(f"smooth{o}", 0.0)) for o in (1, 2)]
         if not any(weight > 0 for _, weight in orders):
             return out
-        image = downsample_image(img, cfg.smooth_level)
+        # Like SMURF, lower the level when the image is too small for it (keep >= 4 px per side).
+        level = cfg.smooth_level
+        while level > 0 and min(img.shape[-2:]) // 2 ** level < 4:
+            level -= 1
+        image = downsample_image(img, level)
         size = tuple(image.shape[-2:])
-        level_flow = next((p for p in pyramid if tuple(p.shape[-2:]) == size), None) if cfg.smooth_level else None
+        level_flow = next((p for p in pyramid if tuple(p.shape[-2:]) == size), None) if level else None
         if level_flow is None:
-            level_flow = downsample_flow(flow, size) if cfg.smooth_level else flow
+            level_flow = downsample_flow(flow, size) if level else flow
         if cfg.smooth_flow_norm == "min_hw":
             level_flow = level_flow / min(size)
         for order, weight in orders:

@@ -30,19 +30,20 @@ def splat(values: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     y = y.clamp(-2.0, h + 1.0)
     x0 = torch.floor(x.detach())
     y0 = torch.floor(y.detach())
-    fx = x - x0
-    fy = y - y0
-    vals = values.reshape(n, c, -1)
-    out = values.new_zeros(n, c, h * w)
-    for dx in (0, 1):
-        for dy in (0, 1):
-            xi = x0 + dx
-            yi = y0 + dy
-            weight = (fx if dx else 1.0 - fx) * (fy if dy else 1.0 - fy)
-            inside = (xi >= 0) & (xi <= w - 1) & (yi >= 0) & (yi <= h - 1)
-            index = torch.where(inside, yi * w + xi, torch.zeros_like(xi)).long().expand(n, c, -1)
-            weight = torch.where(inside, weight, torch.zeros_like(weight))
-            out = out.scatter_add(2, index, vals * weight)
+    fx = (x - x0).unsqueeze(2)  # N x 1 x 1 x HW
+    fy = (y - y0).unsqueeze(2)
+    # The four neighbours at once (N x 1 x 4 x HW): (x0, y0), (x0 + 1, y0), (x0, y0 + 1), (x0 + 1, y0 + 1).
+    dx = flow.new_tensor([0.0, 1.0, 0.0, 1.0]).view(1, 1, 4, 1)
+    dy = flow.new_tensor([0.0, 0.0, 1.0, 1.0]).view(1, 1, 4, 1)
+    xi = x0.unsqueeze(2) + dx
+    yi = y0.unsqueeze(2) + dy
+    weight = (dx * fx + (1.0 - dx) * (1.0 - fx)) * (dy * fy + (1.0 - dy) * (1.0 - fy))
+    inside = (xi >= 0) & (xi <= w - 1) & (yi >= 0) & (yi <= h - 1)
+    index = torch.where(inside, yi * w + xi, torch.zeros_like(xi)).long()
+    weight = torch.where(inside, weight, torch.zeros_like(weight))
+    deposits = values.reshape(n, c, 1, -1) * weight  # N x C x 4 x HW
+    out = values.new_zeros(n, c, h * w).scatter_add(2, index.expand(n, c, 4, -1).reshape(n, c, -1),
+                                                   deposits.reshape(n, c, -1))
     return out.reshape(n, c, h, w)
 
 

@@ -34,7 +34,9 @@ class OnlineAdapter:
     device:       where to run (default: the model's device).
     options:      every ``mlof.adapt`` option (steps, optimizer, lr, recipe, params, iters, keep_close_weight,
                   guard, ...); the optimizer is re-created for every pair.
-    Attributes: ``history`` (every step of every pair, with ``pair`` and ``reset`` keys), ``flows_before``.
+    Attributes: ``history`` (every step of every pair, with ``pair``, ``reset`` and ``start_total`` -- the
+    unadapted start model's objective on that pair -- keys), ``flows_before`` (the start model's flows),
+    ``resets`` ((pair, reason) list).
     """
 
     def __init__(self, model: nn.Module, *, reset_every: int | None = None, reset_margin: float | None = 0.0,
@@ -90,19 +92,20 @@ class OnlineAdapter:
         start_total = float(start.total)
         self.flows_before.append(start.out_fw.flow.detach())
         carried = self._since_reset > 0
-        outcome = self._adapt(prev, frame, index, reset="")
+        outcome = self._adapt(prev, frame, index, reset="", start_total=start_total)
         after = self._total_at(outcome)
         if (carried and self.reset_margin is not None and torch.isfinite(torch.tensor(start_total))
                 and after > (1.0 + self.reset_margin) * start_total):
             self.reset("drift")
-            outcome = self._adapt(prev, frame, index, reset="drift")
+            outcome = self._adapt(prev, frame, index, reset="drift", start_total=start_total)
         self._since_reset += 1
         self._pair += 1
         return outcome.flows[0]
 
-    def _adapt(self, img1: torch.Tensor, img2: torch.Tensor, index: int, reset: str):
+    def _adapt(self, img1: torch.Tensor, img2: torch.Tensor, index: int, reset: str, start_total: float):
+        # start_total: the unadapted start model's objective on this pair, logged beside every step.
         outcome = adapt_pairs(self.model, [(img1, img2)], self.settings, self.names, self.objective, self.fixed,
-                              tag={"pair": index, "reset": reset})
+                              tag={"pair": index, "reset": reset, "start_total": start_total})
         self.history.extend(outcome.history)
         self.last_steps = outcome.best_step
         return outcome

@@ -41,7 +41,10 @@ class DataConfig:
     """A dataset of ``mlof.data.build_dataset(name, root, split, **options)``.
 
     augment: None, an augmentation preset name of ``mlof.data.build_augmentor`` (``raft-chairs``,
-    ``mlof-meta``, ...) or a dict of its settings; it becomes the dataset's ``transform``.
+    ``mlof-meta-kitti``, ...), or a dict of its settings, optionally with ``preset`` to start from
+    (``{preset: raft-chairs, crop_size: [64, 96]}``); it becomes the dataset's ``transform``.
+    subset: a meta-learning split of ``mlof.data.split_indices`` (``crossval-1``, ``Sm20_2``, ``n=20,seed=0``):
+    its meta-train pairs, or with ``:eval`` its held-out evaluation pairs (``crossval-1:eval``).
     """
 
     name: str = "synthetic"
@@ -49,6 +52,7 @@ class DataConfig:
     split: str = "training"
     options: Dict[str, Any] = field(default_factory=dict)
     augment: Any = None
+    subset: Optional[str] = None
     num_workers: int = 0
 
 

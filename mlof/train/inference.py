@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from mlof.train.distributed import resolve_device
 from mlof.train.rundir import RunDir
 from mlof.train.seeding import seed_everything
 from mlof.train.setup import build_model
-from mlof.train.sources import open_pairs
+from mlof.train.sources import open_pairs, pairs_to_frames
 
 __all__ = ["AdaptConfig", "InferConfig", "run_adapt", "run_infer"]
 
@@ -40,6 +40,7 @@ class AdaptConfig:
     input: Any = None                   # None/clip: bundled clip; folder; video; [img, img, ...]
     data: Optional[DataConfig] = None   # or a dataset (pairs with ground truth are scored)
     max_pairs: int = 0                  # 0: all
+    pairs: Optional[List[int]] = None   # only these pair indices (e.g. [1]: the clip's annotated pair)
     online: bool = False                # carry the weights along the sequence (OnlineAdapter)
     iters: int = 12
     options: Dict[str, Any] = field(default_factory=dict)   # keywords of mlof.adapt / OnlineAdapter
@@ -59,6 +60,7 @@ class InferConfig:
     input: Any = None
     data: Optional[DataConfig] = None
     max_pairs: int = 0
+    pairs: Optional[List[int]] = None
     iters: int = 12
     padding: str = "sintel"             # sintel | kitti (RAFT padding modes)
     warm_start: bool = False            # initialise each pair with the previous coarse flow
@@ -97,13 +99,32 @@ def _setup(cfg: DictConfig) -> tuple[Any, torch.device, RunDir, Sequence[dict[st
     obj = OmegaConf.to_object(cfg)
     device = resolve_device(obj.device)
     seed_everything(obj.seed)
-    model = build_model(obj.model, device).eval()
     pairs, what = open_pairs(obj.input, obj.data)
     if len(pairs) == 0:
         raise ValueError(f"input: {what} has no frame pairs")
+    if obj.pairs:
+        bad = [i for i in obj.pairs if not 0 <= int(i) < len(pairs)]
+        if bad:
+            raise ConfigError(f"pairs: {bad} out of range for the {len(pairs)} pairs of {what}")
+        pairs = _Pick(pairs, [int(i) for i in obj.pairs])
+    if obj.max_pairs:
+        pairs = _Pick(pairs, list(range(min(obj.max_pairs, len(pairs)))))
     run = RunDir(obj.out_dir, obj.name)
     run.save_config(cfg)
     return obj, device, run, pairs, what
+
+
+class _Pick:
+    """A selection of an input's pairs (keeps the rest unloaded)."""
+
+    def __init__(self, pairs: Sequence[dict[str, Any]], index: list[int]):
+        self.pairs, self.index = pairs, index
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.pairs[self.index[i]]
 
 
 def _epe(flow: torch.Tensor, sample: dict[str, Any]) -> float | None:
@@ -122,50 +143,49 @@ def _mean(xs: list[float]) -> float | None:
 def run_adapt(cfg: DictConfig, progress: bool = True) -> dict[str, Any]:
     """Meta-inference over the input; returns (and writes to ``metrics.json``) per-pair and mean EPEs."""
     import mlof
-    from mlof.evaluate import predict
     from mlof.train.pretrain import panel
 
     obj, device, run, pairs, what = _setup(cfg)
-    n = len(pairs) if not obj.max_pairs else min(obj.max_pairs, len(pairs))
+    n = len(pairs)
     options = {"iters": obj.iters, **dict(obj.options)}
-    records: list[dict[str, Any]] = []
-    t0 = time.perf_counter()
     model = build_model(obj.model, device).eval()
-    adapter = mlof.OnlineAdapter(model, **options) if obj.online else None
-    if adapter is not None:
-        adapter.step(pairs[0]["img1"][None].to(device))   # the first frame gives no flow yet
-    for i in tqdm(range(n), desc=f"adapt ({'online' if obj.online else 'per pair'})", disable=not progress):
+    t0 = time.perf_counter()
+    if obj.online:
+        if obj.data is not None:
+            raise ConfigError("online: adapting along a sequence needs consecutive frames (input=folder/video/"
+                              "clip), not a dataset of independent pairs")
+        res = mlof.adapt(model, pairs_to_frames(pairs, n), mode="online", **options)
+        results = [(res.flows_before[i][0], res.flows[i][0], [h for h in res.history if h.get("pair") == i])
+                   for i in range(n)]
+    else:
+        results = []
+        for i in tqdm(range(n), desc="adapt (per pair)", disable=not progress):
+            res = mlof.adapt(model, (pairs[i]["img1"], pairs[i]["img2"]), **options)
+            results.append((res.flows_before[0][0], res.flows[0][0], list(res.history)))
+    records: list[dict[str, Any]] = []
+    for i, (before, after, history) in enumerate(results):
         sample = pairs[i]
-        img1, img2 = sample["img1"][None].to(device), sample["img2"][None].to(device)
-        before = predict(model, img1, img2, iters=obj.iters).flow[0]
-        history: list[Any] = []
-        if adapter is not None:
-            after = adapter.step(img2).reshape(1, 2, *img1.shape[-2:])[0]
-        else:
-            res = mlof.adapt(model, (img1[0], img2[0]), **options)
-            after = res.flows[0].reshape(1, 2, *img1.shape[-2:])[0]
-            history = list(res.history)
         rec = {"pair": i, "stem": _stem(sample, i), "epe_before": _epe(before, sample),
-               "epe_after": _epe(after, sample), "steps": len(history)}
-        if history and isinstance(history[-1], dict):
-            rec["loss_first"] = _scalar(history[0].get("total"))
-            rec["loss_last"] = _scalar(history[-1].get("total"))
+               "epe_after": _epe(after, sample), "loss_first": _scalar(history[0].get("total")) if history else None,
+               "loss_last": _scalar(history[-1].get("total")) if history else None,
+               "guard": [str(h["guard"]) for h in history if "guard" in h]}
         records.append(rec)
         if obj.save_flows:
             _write_flow(run, rec["stem"], after, obj.flow_format, True)
         run.log_scalars(i, {k: v for k, v in rec.items() if k.startswith(("epe", "loss")) and v is not None},
                         prefix="adapt/")
+        for j, h in enumerate(history):
+            run.log_scalars(j, {k: v for k, v in h.items() if isinstance(v, float)}, prefix=f"adapt/pair{i}_")
         if i < 4:
-            run.log_image(i, "adapt/before", panel({k: (v[None] if isinstance(v, torch.Tensor) else v)
-                                                    for k, v in sample.items()}, before[None]))
-            run.log_image(i, "adapt/after", panel({k: (v[None] if isinstance(v, torch.Tensor) else v)
-                                                   for k, v in sample.items()}, after[None]))
+            batch = {k: (v[None] if isinstance(v, torch.Tensor) else v) for k, v in sample.items()}
+            run.log_image(i, "adapt/before", panel(batch, before[None]))
+            run.log_image(i, "adapt/after", panel(batch, after[None]))
     summary = {"input": what, "pairs": n, "mode": "online" if obj.online else "per-pair",
                "epe_before": _mean([r["epe_before"] for r in records]),
                "epe_after": _mean([r["epe_after"] for r in records]),
                "scored_pairs": sum(r["epe_before"] is not None for r in records),
                "seconds": time.perf_counter() - t0, "per_pair": records, "run_dir": str(run.path),
-               "checkpoint": obj.model.checkpoint}
+               "checkpoint": obj.model.checkpoint, "options": options}
     run.write_metrics(summary)
     run.close()
     return summary
@@ -188,7 +208,7 @@ def run_infer(cfg: DictConfig, progress: bool = True) -> dict[str, Any]:
     if obj.padding not in ("sintel", "kitti"):
         raise ConfigError(f"padding: {obj.padding!r} is not one of sintel, kitti")
     model = build_model(obj.model, device).eval()
-    n = len(pairs) if not obj.max_pairs else min(obj.max_pairs, len(pairs))
+    n = len(pairs)
     t0 = time.perf_counter()
     low = None
     epes = []

@@ -8,7 +8,7 @@ across processes and the meta-gradients averaged (weighted by tasks) right befor
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Dict, Iterable
 
 import torch
 
@@ -18,7 +18,7 @@ from mlof.train.engine import StepOutput
 from mlof.train.sampling import StepPlan, step_loader
 from mlof.train.setup import build_data, build_model, collate
 
-__all__ = ["MetaConfig", "MetaTrainConfig", "MetaTrainJob", "split_positions"]
+__all__ = ["MetaConfig", "MetaTrainConfig", "MetaTrainJob"]
 
 
 @dataclass
@@ -47,26 +47,12 @@ class MetaTrainConfig:
     seed: int = 0
     device: str = "auto"
     model: ModelConfig = field(default_factory=lambda: ModelConfig(name=None))
-    data: DataConfig = field(default_factory=lambda: DataConfig(
-        name="synthetic", options={"domain": "target", "size": [64, 96], "length": 64}))
-    split: Optional[str] = None       # task split of mlof.data.tasks.split_indices, e.g. crossval-1 (KITTI-15)
+    data: DataConfig = field(default_factory=DataConfig)   # options merge key by key: keep defaults empty
     steps: int = 20
     tasks_per_step: int = 5
     pairs_per_task: int = 1
     meta: MetaConfig = field(default_factory=MetaConfig)
     log: LogConfig = field(default_factory=LogConfig)
-
-
-def split_positions(cfg: MetaTrainConfig, n_total: int) -> list[int] | None:
-    """Dataset indices of the meta-training split (``cfg.split``), or None for every pair."""
-    if cfg.split is None:
-        return None
-    from mlof.data import split_indices
-
-    try:
-        return [int(i) for i in split_indices(cfg.data.name, cfg.split, n_total)]
-    except (KeyError, ValueError) as e:
-        raise ConfigError(f"split: {e}") from e
 
 
 class MetaTrainJob:
@@ -81,9 +67,8 @@ class MetaTrainJob:
             raise ConfigError(f"tasks_per_step {cfg.tasks_per_step} is smaller than the {ctx.world_size} processes")
         self.cfg, self.ctx = cfg, ctx
         self.model = build_model(cfg.model, ctx.device)
-        self.dataset = build_data(cfg.data)
-        self.indices = split_positions(cfg, len(self.dataset))
-        n = len(self.indices) if self.indices is not None else len(self.dataset)
+        self.dataset = build_data(cfg.data)   # data.subset picks the meta-train split (e.g. crossval-1)
+        n = len(self.dataset)
         # Plan over pairs; a task is pairs_per_task consecutive entries, sharded across processes whole.
         self.plan = StepPlan(n, cfg.tasks_per_step * cfg.pairs_per_task, cfg.seed,
                              group=cfg.pairs_per_task)
@@ -112,7 +97,7 @@ class MetaTrainJob:
     # -- engine protocol ---------------------------------------------------------------------------------------
     def batches(self, start: int) -> Iterable[list[dict[str, Any]]]:
         return step_loader(self.dataset, self.plan, start, self.total_steps, self.ctx, self._collate_tasks,
-                           self.cfg.data.num_workers, indices=self.indices)
+                           self.cfg.data.num_workers)
 
     def train_step(self, step: int, batch: list[dict[str, Any]], want_images: bool) -> StepOutput:
         dev = self.ctx.device

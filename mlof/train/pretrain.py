@@ -44,8 +44,7 @@ class PretrainConfig:
     seed: int = 0
     device: str = "auto"
     model: ModelConfig = field(default_factory=lambda: ModelConfig(name="raft_small"))
-    data: DataConfig = field(default_factory=lambda: DataConfig(
-        name="synthetic", options={"domain": "source", "size": [64, 96], "length": 512}))
+    data: DataConfig = field(default_factory=DataConfig)   # options merge key by key: keep defaults empty
     steps: int = 100
     batch_size: int = 8           # global batch (split across processes under torchrun)
     iters: int = 12               # GRU iterations (RAFT family)

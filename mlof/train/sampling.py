@@ -73,9 +73,9 @@ class SeededSamples(Dataset):
         self.indices = None if indices is None else [int(i) for i in indices]
         try:
             from mlof.data.base import FlowDataset
-            self._explicit = isinstance(dataset, FlowDataset)
+            self._explicit = isinstance(dataset, FlowDataset) or bool(getattr(dataset, "accepts_seed", False))
         except ImportError:
-            self._explicit = False
+            self._explicit = bool(getattr(dataset, "accepts_seed", False))
 
     def __len__(self) -> int:
         return len(self.indices) if self.indices is not None else len(self.dataset)  # type: ignore[arg-type]

@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 from mlof.checkpoint import CheckpointError, is_mlof_checkpoint
 from mlof.train.config import ConfigError, DataConfig, ModelConfig
 
-__all__ = ["build_model", "build_data", "PYRAMID_NETWORKS", "collate"]
+__all__ = ["build_model", "build_data", "PYRAMID_NETWORKS", "collate", "SplitView", "subset_indices"]
 
 # Networks whose training loss is a weighted sum over pyramid levels rather than RAFT's sequence loss.
 PYRAMID_NETWORKS = frozenset({"liteflownet2", "upflow"})
@@ -62,17 +62,62 @@ def build_data(cfg: DataConfig | Any, key: str = "data") -> Dataset:
 
     options = dict(cfg.options or {})
     if getattr(cfg, "augment", None) is not None:
-        from mlof.data import build_augmentor
-
-        aug = cfg.augment
-        try:
-            options["transform"] = build_augmentor(aug) if isinstance(aug, str) else build_augmentor(dict(aug))
-        except (KeyError, TypeError, ValueError) as e:
-            raise ConfigError(f"{key}.augment: {e}") from e
+        options["transform"] = _augmentor(cfg.augment, key)
     try:
-        return build_dataset(cfg.name, cfg.root, split=cfg.split, **options)
+        dataset = build_dataset(cfg.name, cfg.root, split=cfg.split, **options)
     except TypeError as e:  # an option the dataset does not take
         raise ConfigError(f"{key}.options: {e}") from e
+    if getattr(cfg, "subset", None):
+        dataset = SplitView(dataset, subset_indices(cfg.name, cfg.subset, len(dataset), key))
+    return dataset
+
+
+def _augmentor(spec: Any, key: str) -> Any:
+    from mlof.data import build_augmentor
+
+    try:
+        if isinstance(spec, str):
+            return build_augmentor(spec)
+        spec = dict(spec)
+        preset = spec.pop("preset", None)
+        return build_augmentor(preset, **spec) if preset is not None else build_augmentor(spec)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"{key}.augment: {e}") from e
+
+
+def subset_indices(name: str, spec: str, n_total: int, key: str = "data") -> list[int]:
+    """Indices of ``spec`` = ``SPLIT`` (its meta-train pairs) or ``SPLIT:eval`` (its held-out pairs)."""
+    from mlof.data import split_indices
+
+    split, _, part = str(spec).partition(":")
+    part = part or "train"
+    if part not in ("train", "eval"):
+        raise ConfigError(f"{key}.subset: {spec!r} must be SPLIT or SPLIT:eval")
+    try:
+        s = split_indices(name, split, n_total)
+    except (KeyError, ValueError) as e:
+        raise ConfigError(f"{key}.subset: {e}") from e
+    return [int(i) for i in (s.train if part == "train" else s.eval)]
+
+
+class SplitView(Dataset):
+    """Some pairs of a dataset; items are positions, or (position, sample seed) for mlof datasets."""
+
+    def __init__(self, dataset: Dataset, indices: list[int]):
+        from mlof.data import FlowDataset
+
+        if not indices:
+            raise ConfigError("data.subset selects no pairs")
+        self.dataset, self.indices = dataset, indices
+        self.accepts_seed = isinstance(dataset, FlowDataset) or getattr(dataset, "accepts_seed", False)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item: Any) -> Any:
+        if isinstance(item, tuple):
+            return self.dataset[(self.indices[item[0]], item[1])]
+        return self.dataset[self.indices[item]]
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
