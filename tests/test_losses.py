@@ -161,8 +161,8 @@ def test_photometric_gradchecks():
     x = (_smooth_images(1, 6, 7, dtype=D64) / 255).requires_grad_()
     y = (_smooth_images(1, 6, 7, dtype=D64, seed=5) / 255).requires_grad_()
     assert torch.autograd.gradcheck(L.ssim_3x3, (x, y))
-    assert torch.autograd.gradcheck(lambda a, b: L.census(a, b, patch=3, max_value=1.0)[0], (x, y))
-    assert torch.autograd.gradcheck(lambda a, b: L.census(a, b, patch=7, max_value=1.0)[0], (x, y))
+    assert torch.autograd.gradcheck(lambda a, b: L.census(a, b, patch=3, max_value=1.0), (x, y))
+    assert torch.autograd.gradcheck(lambda a, b: L.census(a, b, patch=7, max_value=1.0), (x, y))
     assert torch.autograd.gradcheck(lambda a: L.charbonnier(a - 0.3), (x,))
     assert torch.autograd.gradcheck(lambda a: L.charbonnier(a * 0.0), (x,))  # smooth at exactly 0
 
@@ -172,9 +172,16 @@ def test_charbonnier_census_constants():
     assert torch.allclose(L.charbonnier(z), torch.full((3,), (1e-3 ** 2) ** 0.45))
     assert torch.allclose(L.charbonnier(torch.tensor([2.0])), torch.tensor([(4 + 1e-6) ** 0.45]))
     img = _smooth_images(1, 12, 12)
-    err, border = L.census(img, img)
-    assert torch.allclose(err, torch.full_like(err, 0.01 ** 0.4))  # (0 + 0.01)^0.4
+    err = L.census(img, img)
+    border = L.census_border_mask(img, 7)
+    assert torch.allclose(err, border * 0.01 ** 0.4)  # (0 + 0.01)^0.4 inside, 0 on the 3-px border
     assert float(border.sum()) == 6 * 6 and float(border[..., :3, :].sum()) == 0
+    assert math.isclose(float(L.census(img, img, mask=torch.ones(1, 1, 12, 12))), 0.01 ** 0.4, rel_tol=1e-4)
+    other = _smooth_images(1, 12, 12, seed=4)
+    assert float(L.census(img, other, mask=torch.ones(1, 1, 12, 12))) > 3 * 0.01 ** 0.4
+    assert float(L.l1(img, other, mask=torch.zeros(1, 1, 12, 12))) == 0.0  # empty mask -> 0, not NaN
+    assert torch.allclose(L.ssim_3x3(img, other, mask=torch.ones(1, 1, 12, 12)), L.ssim_3x3(img, other).mean(),
+                          rtol=1e-5)
     t = L.census_transform(img, patch=3)
     assert t.shape == (1, 9, 12, 12) and float(t[:, 4].abs().max()) == 0  # centre minus itself
     d = torch.tensor([1.0])
@@ -215,18 +222,18 @@ def test_smoothness_gradcheck(variant, order):
 
 # -------------------------------------------------------------------------------------------- recipes
 EXPECTED_CONSTANTS = {
-    "mlof": dict(photo_l1=0.15, photo_ssim=0.85, smooth2=75.0, photo_scale=4.0, image_range=255.0,
+    "mlof": dict(photo_l1=0.15, photo_ssim=0.85, smooth2=75.0, photo_scale=4.0, image_scale=255.0,
                  occlusion="range_map", occ_threshold=0.2, edge_constant=10.0, smooth_variant="arflow",
                  smooth_flow_norm="none", warp_padding="border", bidirectional="mean", keep_close_weight=10.0,
                  ssim_masked_inputs=True, mask_in_frame=False, smooth_level=0),
-    "arflow": dict(photo_l1=0.15, photo_ssim=0.85, smooth2=75.0, ar=0.01, photo_scale=1.0, image_range=1.0,
+    "arflow": dict(photo_l1=0.15, photo_ssim=0.85, smooth2=75.0, ar=0.01, photo_scale=1.0, image_scale=1.0,
                    occlusion="range_map", occ_threshold=0.2, edge_constant=10.0, smooth_flow_norm="min_hw",
                    warp_padding="border", pyramid_photo_weights=(1.0, 1.0, 1.0, 0.0), keep_close_weight=0.0),
     "uflow": dict(photo_census=1.0, smooth2=2.0, census_patch=7, edge_constant=150.0, edge_weighting="exponential",
-                  occlusion="range_map_soft", smooth_level=2, smooth_variant="uflow", image_range=1.0,
+                  occlusion="range_map_soft", smooth_level=2, smooth_variant="uflow", image_scale=1.0,
                   mask_in_frame=True, warp_padding="zeros", robust_q=0.4, robust_eps=0.01),
     "smurf": dict(photo_census=1.0, smooth2=2.0, selfsup=0.3, edge_constant=150.0, occlusion="range_map_soft",
-                  smooth_level=0, fb_sigma_teacher=0.003, fb_sigma_student=0.03, image_range=1.0),
+                  smooth_level=0, fb_sigma_teacher=0.003, fb_sigma_student=0.03, image_scale=1.0),
     "upflow": dict(photo_abs_robust=1.0, photo_census=1.0, smooth1=1.0, distill=1.0, occlusion="fb_length",
                    fb_alpha1=0.1, fb_alpha2=0.5, bidirectional="sum", edge_constant=1.0, smooth_variant="upflow",
                    robust_q=0.4, robust_eps=0.01),
@@ -268,9 +275,13 @@ def test_mlof_total_is_4_photo_plus_75_smooth_and_keep_close_weight():
 def test_build_loss_dict_schema():
     loss = L.build_loss({"base": "arflow", "smooth2": 50.0, "ar": 0.0})
     assert loss.constants()["smooth2"] == 50.0 and loss.constants()["photo_ssim"] == 0.85
-    custom = L.build_loss({"photo_charbonnier": 1.0, "smooth1": 0.5, "occlusion": "fb", "image_range": 255})
+    custom = L.build_loss({"photo_charbonnier": 1.0, "smooth1": 0.5, "occlusion": "fb", "image_scale": 255})
     out = custom(_smooth_images(1, 8, 9), _smooth_images(1, 8, 9, seed=2), _rand_flow(1, 8, 9), _rand_flow(1, 8, 9))
     assert set(out.terms) == {"photo_charbonnier", "smooth1"}
+    assert L.build_loss({"base": "mlof", "image_scale": "1"}).constants()["image_scale"] == 1.0
+    assert L.build_loss({"base": "uflow", "image_range": 255}).constants()["image_scale"] == 255.0
+    with pytest.raises(ValueError, match="image_scale"):
+        L.build_loss({"image_scale": 2})
     with pytest.raises(ValueError, match="smooth3"):
         L.build_loss({"smooth3": 1.0})
     with pytest.raises(ValueError, match="unknown loss recipe"):
@@ -291,6 +302,18 @@ def test_mlof_recipe_gradcheck_in_the_flows():
     fw = _rand_flow(1, 7, 8, 1.2, dtype=D64).requires_grad_()
     bw = _rand_flow(1, 7, 8, 1.2, dtype=D64, seed=6).requires_grad_()
     assert torch.autograd.gradcheck(lambda f, g: loss(img1, img2, f, g).total, (fw, bw), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", RECIPE_NAMES)
+def test_recipes_are_twice_differentiable(name):
+    """Second-order MAML differentiates the inner gradient: it must exist and be finite."""
+    img1, img2 = _smooth_images(1, 16, 18), _smooth_images(1, 16, 18, seed=3)
+    fw = _rand_flow(1, 16, 18).requires_grad_()
+    bw = _rand_flow(1, 16, 18, seed=4).requires_grad_()
+    total = L.build_loss(name)(img1, img2, fw, bw).total
+    (g_fw, g_bw) = torch.autograd.grad(total, (fw, bw), create_graph=True)
+    (g_fw.pow(2).sum() + g_bw.pow(2).sum()).backward()
+    assert torch.isfinite(fw.grad).all() and float(fw.grad.abs().sum()) > 0
 
 
 @pytest.mark.slow
@@ -400,14 +423,14 @@ def test_pyramid_distillation():
     exact = L.pyramid_distillation([L.upsample_flow(final.detach(), (8, 8))], final.detach())
     assert math.isclose(float(exact), 2 * 0.01 ** 0.4, rel_tol=1e-5)  # 2 channels summed per masked pixel
     mask = torch.zeros(1, 1, 8, 8)
-    assert float(L.pyramid_distillation([coarse], final, noc_mask=mask)) == 0.0
+    assert float(L.pyramid_distillation([coarse], final, noc_mask=mask).detach()) == 0.0
 
 
 def test_self_supervision_crop_and_masks():
     teacher = _rand_flow(1, 12, 16, 1.0, seed=3)
     box = (2, 4, 8, 8)
     student = teacher[:, :, 2:10, 4:12].clone().requires_grad_()
-    val = L.self_supervision(teacher, student, crop_box=box)
+    val = L.self_supervision(teacher, student, crop_box=box).detach()
     assert float(val) < 2e-3  # robust_l1 floor 1e-3 where the teacher mask is 1
     wrong = L.self_supervision(teacher, torch.zeros_like(student), crop_box=box)
     assert float(wrong) > 10 * float(val)
@@ -438,7 +461,7 @@ def test_augmentation_regularization_value_and_gradient():
     target = torch.ones(1, 2, 4, 4, requires_grad=True)
     val = L.augmentation_regularization(pred, target)
     val.backward()
-    assert math.isclose(float(val), 1.01 ** 0.4, rel_tol=1e-6)
+    assert math.isclose(float(val.detach()), 1.01 ** 0.4, rel_tol=1e-6)
     assert target.grad is None and float(pred.grad.abs().sum()) > 0
 
 
@@ -446,10 +469,10 @@ def test_keep_close():
     p = {"a": torch.tensor([1.0, 2.0], requires_grad=True), "b": torch.tensor([[3.0]], requires_grad=True)}
     f = {"a": torch.tensor([0.0, 0.0], requires_grad=True), "b": torch.tensor([[1.0]])}
     val = L.keep_close(p, f)
-    assert float(val) == 1 + 4 + 4
+    assert float(val.detach()) == 1 + 4 + 4
     val.backward()
     assert torch.equal(p["a"].grad, torch.tensor([2.0, 4.0])) and f["a"].grad is None
-    assert float(L.keep_close(list(p.values()), list(f.values()))) == 9.0
+    assert float(L.keep_close(list(p.values()), list(f.values())).detach()) == 9.0
     with pytest.raises(ValueError, match="names differ"):
         L.keep_close(p, {"a": f["a"]})
     with pytest.raises(ValueError, match="shape"):
@@ -457,7 +480,7 @@ def test_keep_close():
     loss = L.build_loss("mlof")
     img = _smooth_images(1, 8, 8)
     out = loss(img, img, torch.zeros(1, 2, 8, 8), params=p, fixed_params=f)
-    assert math.isclose(float(out.terms["keep_close"]), 90.0)
+    assert math.isclose(float(out.terms["keep_close"].detach()), 90.0)
 
 
 # -------------------------------------------------------------------------------------------- supervised
@@ -493,3 +516,14 @@ def test_multilevel_loss_perfect_pyramid_and_sparse_gt():
     assert float(scaled) < 1e-4
     with pytest.raises(ValueError, match="weights"):
         L.multilevel_loss(levels * 3, gt, valid)
+
+
+def test_sequence_unsupervised_loss_weights_iterations():
+    loss = L.build_loss("mlof")
+    img1, img2 = _smooth_images(1, 12, 14), _smooth_images(1, 12, 14, seed=3)
+    flows = [_rand_flow(1, 12, 14, seed=s) for s in (1, 2, 3)]
+    out = L.sequence_unsupervised_loss(loss, img1, img2, flows, gamma=0.8)
+    expected = sum(0.8 ** (2 - i) * loss(img1, img2, f).total for i, f in enumerate(flows))
+    assert torch.allclose(out.total, expected) and torch.allclose(out.total, sum(out.terms.values()))
+    with pytest.raises(ValueError, match="flows_bw"):
+        L.sequence_unsupervised_loss(loss, img1, img2, flows, flows[:2])

@@ -199,3 +199,36 @@ def test_bad_arguments():
     learner = MAML(net, 0.1).clone()
     with pytest.raises(ValueError, match="scalar"):
         learner.adapt(torch.ones(2, requires_grad=True))
+
+
+def test_higher_backend_matches_func_backend():
+    pytest.importorskip("higher")
+    net, data = _net(), _data()
+    ref = torch.autograd.grad(_meta_loss(MAML(net, LR), data)[0], list(net.parameters()))
+    got = torch.autograd.grad(_meta_loss(MAML(net, LR, backend="higher"), data)[0], list(net.parameters()))
+    assert _rel(got, ref) < 1e-10
+    fo_ref = torch.autograd.grad(_meta_loss(MAML(net, LR, first_order=True), data)[0], list(net.parameters()))
+    fo = torch.autograd.grad(_meta_loss(MAML(net, LR, first_order=True, backend="higher"), data)[0],
+                             list(net.parameters()))
+    assert _rel(fo, fo_ref) < 1e-10
+
+
+def test_from_learn2learn_reads_the_wrapper():
+    from mlof.meta import from_learn2learn
+
+    class FakeL2LMetaSGD(nn.Module):  # the attributes learn2learn's MetaSGD holds
+        def __init__(self, module):
+            super().__init__()
+            self.module, self.first_order = module, True
+            self.lrs = nn.ParameterList([nn.Parameter(torch.full_like(p, 0.5)) for p in module.parameters()])
+
+        lr = 0.5
+
+    net = _net()
+    ours = from_learn2learn(FakeL2LMetaSGD(net))
+    assert isinstance(ours, MetaSGD) and ours.module is net and ours.first_order
+    assert ours.buffer_policy == "shared" and all(torch.all(p == 0.5) for p in ours.lrs)
+    plain = from_learn2learn(type("W", (), {"module": net, "lr": 0.1, "first_order": False})())
+    assert type(plain) is MAML and plain.lr == 0.1 and not plain.first_order
+    with pytest.raises(ValueError, match="not a learn2learn"):
+        from_learn2learn(object())

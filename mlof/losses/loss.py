@@ -67,7 +67,9 @@ class UnsupervisedLoss(nn.Module):
         return f"recipe={self.config.name!r}, {w}"
 
     # ------------------------------------------------------------------ masks
-    def _noc_masks(self, flow_fw: torch.Tensor, flow_bw: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _noc_masks(self, flow_fw: torch.Tensor,
+                   flow_bw: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Non-occluded masks (1 = visible) of both directions, N x 1 x H x W; all ones without ``flow_bw``."""
         cfg = self.config
         fw = flow_fw.detach() if cfg.detach_mask else flow_fw
         bw = None if flow_bw is None else (flow_bw.detach() if cfg.detach_mask else flow_bw)
@@ -106,14 +108,14 @@ class UnsupervisedLoss(nn.Module):
                 out["photo_ssim"] = w["photo_ssim"] * masked_mean(ssim_3x3(rec, img1), noc)
         if w.get("photo_ternary", 0) > 0:
             if cfg.ssim_masked_inputs:
-                err = ternary(rec * noc, img1 * noc, max_distance=1, max_value=cfg.image_range)
+                err = ternary(rec * noc, img1 * noc, max_distance=1, max_value=cfg.image_scale)
                 out["photo_ternary"] = w["photo_ternary"] * err.mean() / norm
             else:
-                err = ternary(rec, img1, max_distance=1, max_value=cfg.image_range)
+                err = ternary(rec, img1, max_distance=1, max_value=cfg.image_scale)
                 out["photo_ternary"] = w["photo_ternary"] * masked_mean(err, noc)
         if w.get("photo_census", 0) > 0:
-            err, border = census(img1, rec, patch=cfg.census_patch, max_value=cfg.image_range)
-            out["photo_census"] = w["photo_census"] * masked_mean(err, noc * border)
+            out["photo_census"] = w["photo_census"] * census(img1, rec, patch=cfg.census_patch,
+                                                             max_value=cfg.image_scale, mask=noc)
         if w.get("photo_charbonnier", 0) > 0:
             err = charbonnier(img1 - rec, cfg.charbonnier_alpha, cfg.charbonnier_eps)
             out["photo_charbonnier"] = w["photo_charbonnier"] * masked_mean(err, noc)
@@ -161,7 +163,7 @@ class UnsupervisedLoss(nn.Module):
             check_flow("flow_bw", flow_bw, img1)
         cfg = self.config
         with float32_region(img1.device):
-            scale = 1.0 if cfg.image_range == 255.0 else 1.0 / 255.0
+            scale = 1.0 if cfg.image_scale == 255.0 else 1.0 / 255.0
             i1, i2 = to_float(img1) * scale, to_float(img2) * scale
             f_fw = to_float(flow_fw)
             f_bw = None if flow_bw is None else to_float(flow_bw)
@@ -224,7 +226,10 @@ class UnsupervisedLoss(nn.Module):
             add("keep_close", cfg.keep_close_weight * keep_close(extras["params"], extras["fixed_params"]))
 
 
-def build_loss(recipe: str | Mapping[str, Any] | RecipeConfig = "mlof") -> UnsupervisedLoss:
+def build_loss(recipe: str | Mapping[str, Any] | RecipeConfig | UnsupervisedLoss = "mlof") -> UnsupervisedLoss:
     """Build an unsupervised loss from a recipe name (``mlof``, ``arflow``, ``uflow``, ``smurf``, ``upflow``),
-    a flat dict of term weights and options (optionally ``{"base": name, ...}``) or a ``RecipeConfig``."""
+    a flat dict of term weights and options (optionally ``{"base": name, ...}``) or a ``RecipeConfig``;
+    an already built loss is returned as it is."""
+    if isinstance(recipe, UnsupervisedLoss):
+        return recipe
     return UnsupervisedLoss(recipe)

@@ -1,27 +1,33 @@
-"""Per-pixel photometric error functions (no masking here: see ``common.masked_mean``).
+"""Photometric error functions.
 
-Every function returns a per-pixel error map; the recipes mask it with the non-occluded mask and normalise
-by the mask mean. Images may be in 0..255 or 0..1: each function says which constants depend on it.
+Each returns a per-pixel error map, or, given ``mask`` (N x 1 x H x W, 1 = count the pixel), the masked
+mean ``mean(err * mask) / (mean(mask) + eps)`` (normalised by the mask mean, ARFlow style; 0 for an empty
+mask). Images may be in 0..255 or 0..1: each function says which constants depend on it.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from .common import LossInputError
+from .common import LossInputError, masked_mean
 
 __all__ = ["l1", "charbonnier", "abs_robust", "robust_l1", "ssim_3x3", "rgb_to_gray", "census_transform",
-           "soft_hamming", "census", "ternary"]
+           "soft_hamming", "census", "census_border_mask", "ternary"]
 
 
-def l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """|a - b| per pixel and channel (N x C x H x W). Not differentiable at a == b (subgradient 0)."""
-    return (a - b).abs()
+def _reduce(err: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    return err if mask is None else masked_mean(err, mask)
 
 
-def charbonnier(x: torch.Tensor, alpha: float = 0.45, eps: float = 1e-3) -> torch.Tensor:
-    """Generalised Charbonnier penalty ``(x^2 + eps^2)^alpha`` (UnFlow: alpha 0.45, eps 1e-3); smooth at 0."""
-    return (x * x + eps * eps) ** alpha
+def l1(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """|a - b| per pixel and channel (N x C x H x W), or its masked mean. Subgradient 0 at a == b."""
+    return _reduce((a - b).abs(), mask)
+
+
+def charbonnier(x: torch.Tensor, alpha: float = 0.45, eps: float = 1e-3,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Generalised Charbonnier ``(x^2 + eps^2)^alpha`` of a difference x (UnFlow: 0.45, 1e-3); smooth at 0."""
+    return _reduce((x * x + eps * eps) ** alpha, mask)
 
 
 def abs_robust(x: torch.Tensor, eps: float = 0.01, q: float = 0.4) -> torch.Tensor:
@@ -34,7 +40,8 @@ def robust_l1(x: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
     return (x * x + eps * eps).sqrt()
 
 
-def ssim_3x3(x: torch.Tensor, y: torch.Tensor, c1: float = 0.01 ** 2, c2: float = 0.03 ** 2) -> torch.Tensor:
+def ssim_3x3(x: torch.Tensor, y: torch.Tensor, c1: float = 0.01 ** 2, c2: float = 0.03 ** 2,
+             mask: torch.Tensor | None = None) -> torch.Tensor:
     """SSIM dissimilarity ``clamp((1 - SSIM) / 2, 0, 1)`` over 3x3 windows, as ARFlow's ``SSIM`` (N x C x H x W).
 
     Windows are averaged with zero padding counted in (``AvgPool2d(3, 1, 1)``), like the release. c1, c2
@@ -59,7 +66,7 @@ def ssim_3x3(x: torch.Tensor, y: torch.Tensor, c1: float = 0.01 ** 2, c2: float 
     mu_y = F.avg_pool2d(yp, 3, 1)
     num = (2 * mu_x * mu_y + c1) * (2 * sigma_xy + c2)
     den = (mu_x * mu_x + mu_y * mu_y + c1) * (sigma_x + sigma_y + c2)
-    return ((1.0 - num / den) / 2.0).clamp(0.0, 1.0)
+    return _reduce(((1.0 - num / den) / 2.0).clamp(0.0, 1.0), mask)
 
 
 def rgb_to_gray(img: torch.Tensor) -> torch.Tensor:
@@ -80,9 +87,11 @@ def census_transform(img: torch.Tensor, patch: int = 7, max_value: float = 255.0
     if patch < 3 or patch % 2 == 0:
         raise LossInputError(f"census patch must be an odd size >= 3, got {patch}")
     gray = rgb_to_gray(img) * (255.0 / max_value)
-    k = patch * patch
-    kernel = torch.eye(k, dtype=img.dtype, device=img.device).view(k, 1, patch, patch)
-    neighbours = F.conv2d(gray, kernel, padding=patch // 2)
+    h, w = gray.shape[-2:]
+    r = patch // 2
+    padded = F.pad(gray, (r, r, r, r))
+    # Shifted views instead of an identity-kernel convolution: O(patch^2) per pixel, not O(patch^4).
+    neighbours = torch.cat([padded[..., dy:dy + h, dx:dx + w] for dy in range(patch) for dx in range(patch)], dim=1)
     diff = neighbours - gray
     return diff / torch.sqrt(0.81 + diff * diff)
 
@@ -101,8 +110,10 @@ def soft_hamming(t1: torch.Tensor, t2: torch.Tensor, thresh: float = 0.1, reduce
     raise LossInputError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
 
 
-def _border_mask(like: torch.Tensor, margin: int) -> torch.Tensor:
+def census_border_mask(like: torch.Tensor, patch: int) -> torch.Tensor:
+    """N x 1 x H x W mask, 0 within patch//2 of the frame edge (UFlow ``zero_mask_border``), else 1."""
     n, _, h, w = like.shape
+    margin = patch // 2
     mask = like.new_zeros(n, 1, h, w)
     if h > 2 * margin and w > 2 * margin:
         mask[:, :, margin:h - margin, margin:w - margin] = 1.0
@@ -110,21 +121,24 @@ def _border_mask(like: torch.Tensor, margin: int) -> torch.Tensor:
 
 
 def census(img1: torch.Tensor, img2_warped: torch.Tensor, patch: int = 7, max_value: float = 255.0,
-           thresh: float = 0.1, eps: float = 0.01, q: float = 0.4) -> tuple[torch.Tensor, torch.Tensor]:
-    """UFlow/SMURF census loss per pixel: ``(soft_hamming_sum + 0.01)^0.4`` -> (error, border_mask).
+           thresh: float = 0.1, eps: float = 0.01, q: float = 0.4,
+           mask: torch.Tensor | None = None) -> torch.Tensor:
+    """UFlow/SMURF census loss: ``(soft_hamming_sum + 0.01)^0.4`` over a patch x patch census transform.
 
-    error and border_mask are N x 1 x H x W; border_mask is 0 within patch//2 of the frame edge (UFlow's
-    ``zero_mask_border``), multiply it into the occlusion mask before normalising.
+    Without mask: the per-pixel error N x 1 x H x W, zero within patch//2 of the border. With mask: its mean
+    over ``mask * census_border_mask`` normalised by that mask's mean (UFlow's border handling).
     """
     hamming = soft_hamming(census_transform(img1, patch, max_value), census_transform(img2_warped, patch, max_value),
                            thresh=thresh, reduce="sum")
-    return abs_robust(hamming, eps=eps, q=q), _border_mask(img1, patch // 2)
+    border = census_border_mask(img1, patch)
+    err = abs_robust(hamming, eps=eps, q=q)
+    return err * border if mask is None else masked_mean(err, mask * border)
 
 
 def ternary(img1: torch.Tensor, img2_warped: torch.Tensor, max_distance: int = 1,
-            max_value: float = 255.0) -> torch.Tensor:
+            max_value: float = 255.0, mask: torch.Tensor | None = None) -> torch.Tensor:
     """UnFlow/ARFlow ``TernaryLoss``: mean soft Hamming over a (2d+1)^2 patch, borders zeroed; N x 1 x H x W."""
     patch = 2 * max_distance + 1
     dist = soft_hamming(census_transform(img1, patch, max_value), census_transform(img2_warped, patch, max_value),
                         thresh=0.1, reduce="mean")
-    return dist * _border_mask(img1, max_distance)
+    return _reduce(dist * census_border_mask(img1, patch), mask)

@@ -5,7 +5,7 @@ optionally starting from a named recipe with ``"base"``:
 
     build_loss("mlof")
     build_loss({"base": "arflow", "smooth2": 50.0})                 # ARFlow's Sintel smoothness weight
-    build_loss({"photo_census": 1.0, "smooth2": 2.0, "occlusion": "range_map_soft", "image_range": 1.0,
+    build_loss({"photo_census": 1.0, "smooth2": 2.0, "occlusion": "range_map_soft", "image_scale": 1.0,
                 "edge_constant": 150.0, "smooth_variant": "uflow"})
 
 Unknown keys raise ``LossInputError``. ``RECIPES`` holds the published settings; the sources (file and line
@@ -34,7 +34,7 @@ class RecipeConfig:
 
     weights:          term -> weight (see ``TERMS``); photometric weights act inside the photometric group.
     photo_scale:      multiplies the whole photometric group (MLOF's ``4 * warp_loss``).
-    image_range:      255.0 = images enter the loss in 0..255 as given (MLOF release quirk); 1.0 = divided by
+    image_scale:      255.0 = images enter the loss in 0..255 as given (MLOF release quirk); 1.0 = divided by
                       255 first (ARFlow, UFlow, SMURF, UPFlow). Changes SSIM constants' and edge weights' effect.
     bidirectional:    "mean" ((fw + bw) / 2: ARFlow, MLOF, UFlow, SMURF) or "sum" (UPFlow).
     occlusion:        "range_map" (hard, clamp(range) < occ_threshold; ARFlow ``occ_from_back``, MLOF),
@@ -64,7 +64,7 @@ class RecipeConfig:
     name: str = "custom"
     weights: Mapping[str, float] = field(default_factory=dict)
     photo_scale: float = 1.0
-    image_range: float = 1.0
+    image_scale: float = 1.0
     bidirectional: str = "mean"
     occlusion: str = "range_map"
     occ_threshold: float = 0.2
@@ -105,25 +105,25 @@ RECIPES: Mapping[str, RecipeConfig] = MappingProxyType({
     # 4 * (0.15 L1 + 0.85 SSIM)/mean(noc) + 75 * smooth2 (alpha 10), bidirectional, range map th 0.2,
     # images in 0..255, smoothness on the pixel flow (s = 1 at the only weighted level), wkeeper 10.
     "mlof": RecipeConfig(name="mlof", weights=_frozen(photo_l1=0.15, photo_ssim=0.85, smooth2=75.0),
-                         photo_scale=4.0, image_range=255.0, occlusion="range_map", occ_threshold=0.2,
+                         photo_scale=4.0, image_scale=255.0, occlusion="range_map", occ_threshold=0.2,
                          warp_padding="border", smooth_variant="arflow", edge_constant=10.0,
                          smooth_flow_norm="none", keep_close_weight=10.0),
     # ARFlow configs/kitti_raw.json (first stage): 0.15 L1 + 0.85 SSIM, range map, smooth2 75, alpha 10,
     # w_scales (1, 1, 1, 1, 0), w_sm_scales (1, 0, ...), flow / min(H, W) in the smoothness; w_ar 0.01.
     "arflow": RecipeConfig(name="arflow", weights=_frozen(photo_l1=0.15, photo_ssim=0.85, smooth2=75.0, ar=0.01),
-                           image_range=1.0, occlusion="range_map", occ_threshold=0.2, warp_padding="border",
+                           image_scale=1.0, occlusion="range_map", occ_threshold=0.2, warp_padding="border",
                            smooth_variant="arflow", edge_constant=10.0, smooth_flow_norm="min_hw",
                            pyramid_photo_weights=(1.0, 1.0, 1.0, 0.0)),
     # UFlow uflow_flags.py defaults: census 1 (7x7), smooth2 2.0, edge 150 exponential, smoothness at
     # level 2 (1/4 resolution), occlusion 'wang' (soft range map), stop_gradient_mask, valid-warp mask.
-    "uflow": RecipeConfig(name="uflow", weights=_frozen(photo_census=1.0, smooth2=2.0), image_range=1.0,
+    "uflow": RecipeConfig(name="uflow", weights=_frozen(photo_census=1.0, smooth2=2.0), image_scale=1.0,
                           occlusion="range_map_soft", mask_in_frame=True, ssim_masked_inputs=False,
                           warp_padding="zeros", census_patch=7, smooth_variant="uflow", edge_constant=150.0,
                           edge_weighting="exponential", smooth_level=2),
     # SMURF smurf_flags.py defaults: census 1, smooth2 2.0 (edge 150, exponential) at full resolution for
     # RAFT, 'wang' occlusion, self-supervision 0.3 with gaussian fb masks (0.003 / 0.03).
     "smurf": RecipeConfig(name="smurf", weights=_frozen(photo_census=1.0, smooth2=2.0, selfsup=0.3),
-                          image_range=1.0, occlusion="range_map_soft", mask_in_frame=True,
+                          image_scale=1.0, occlusion="range_map_soft", mask_in_frame=True,
                           ssim_masked_inputs=False, warp_padding="zeros", census_patch=7, smooth_variant="uflow",
                           edge_constant=150.0, edge_weighting="exponential", smooth_level=0),
     # UPFlow model/upflow.py config/demo: abs_robust photo (q 0.4) + census 1, fb check on lengths
@@ -131,12 +131,13 @@ RECIPES: Mapping[str, RecipeConfig] = MappingProxyType({
     # ('upup', occlusion-masked) weight 1; fw and bw terms summed.
     "upflow": RecipeConfig(name="upflow", weights=_frozen(photo_abs_robust=1.0, photo_census=1.0, smooth1=1.0,
                                                           distill=1.0),
-                           image_range=1.0, bidirectional="sum", occlusion="fb_length", fb_alpha1=0.1,
+                           image_scale=1.0, bidirectional="sum", occlusion="fb_length", fb_alpha1=0.1,
                            fb_alpha2=0.5, ssim_masked_inputs=False, warp_padding="zeros", census_patch=7,
                            smooth_variant="upflow", edge_constant=1.0, smooth_level=0),
 })
 
 _FIELDS = {f.name for f in dataclasses.fields(RecipeConfig)} - {"weights", "name"}
+_ALIASES = {"image_range": "image_scale"}
 
 
 def _validate(cfg: RecipeConfig) -> RecipeConfig:
@@ -151,8 +152,8 @@ def _validate(cfg: RecipeConfig) -> RecipeConfig:
     for key, allowed in checks.items():
         if getattr(cfg, key) not in allowed:
             raise LossInputError(f"{key} must be one of {allowed}, got {getattr(cfg, key)!r}")
-    if cfg.image_range not in (1.0, 255.0):
-        raise LossInputError(f"image_range must be 1 (normalised) or 255 (MLOF quirk), got {cfg.image_range!r}")
+    if cfg.image_scale not in (1.0, 255.0):
+        raise LossInputError(f"image_scale must be 1 (normalised) or 255 (MLOF quirk), got {cfg.image_scale!r}")
     if cfg.smooth_level < 0:
         raise LossInputError(f"smooth_level must be >= 0, got {cfg.smooth_level}")
     if not 0.0 < cfg.occ_threshold <= 1.0:
@@ -179,6 +180,7 @@ def resolve_recipe(recipe: str | Mapping[str, Any] | RecipeConfig) -> RecipeConf
     weights.update({k: float(v) for k, v in dict(spec.pop("weights", {})).items()})
     options: dict[str, Any] = {}
     for key, value in spec.items():
+        key = _ALIASES.get(key, key)
         if key in TERMS:
             weights[key] = float(value)
         elif key in _FIELDS:
@@ -186,8 +188,11 @@ def resolve_recipe(recipe: str | Mapping[str, Any] | RecipeConfig) -> RecipeConf
         else:
             raise LossInputError(f"unknown recipe key {key!r}: not a term {TERMS} nor an option "
                                  f"{sorted(_FIELDS)}")
-    if "image_range" in options:
-        options["image_range"] = float(options["image_range"])
+    if "image_scale" in options:  # 255 / "255" / 1 / "1"
+        try:
+            options["image_scale"] = float(options["image_scale"])
+        except (TypeError, ValueError):
+            raise LossInputError(f"image_scale must be 1 or 255, got {options['image_scale']!r}") from None
     name = f"{base_name}+custom" if base_name else "custom"
     cfg = dataclasses.replace(base, name=name, weights=MappingProxyType(weights), **options)
     return _validate(cfg)

@@ -10,6 +10,7 @@ the gradients), so memory holds one task's graph at a time instead of the releas
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 from typing import Any, Iterable, Mapping
@@ -99,12 +100,16 @@ class MLOFTrainer:
         return {n: named[n].detach().clone() for n in self.maml.adapted_names}
 
     def state_dict(self, include_model: bool = True) -> dict[str, Any]:
-        """Everything needed to resume: step count, optimizer state, theta_fixed, Meta-SGD rates, the model."""
-        state = {"steps_done": self.steps_done, "optimizer": self.optimizer.state_dict(),
+        """Everything needed to resume: step count, optimizer state, theta_fixed, Meta-SGD rates, the model.
+
+        A snapshot (copies), so later steps do not change it; ``include_model=False`` leaves the network's
+        weights out when the caller's checkpoint stores them anyway."""
+        state = {"steps_done": self.steps_done, "optimizer": copy.deepcopy(self.optimizer.state_dict()),
                  "theta_fixed": {k: v.clone() for k, v in self.theta_fixed.items()},
-                 "meta": {k: v for k, v in self.maml.state_dict().items() if not k.startswith("module.")}}
+                 "meta": {k: v.detach().clone() for k, v in self.maml.state_dict().items()
+                          if not k.startswith("module.")}}
         if include_model:
-            state["model"] = self.model.state_dict()
+            state["model"] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Mapping
 
@@ -186,7 +187,8 @@ def adapt_pairs(model: nn.Module, pairs: list[tuple[torch.Tensor, torch.Tensor]]
                 fixed: Mapping[str, torch.Tensor] | None, tag: Mapping[str, Any] | None = None) -> PairsOutcome:
     """Adapt ``model`` in place on ``pairs`` for ``s.steps`` steps; parameters ``names`` adapt (they must
     require grad, the others should not). History entry k describes the state after k steps: its objective
-    (``total`` and every term), the guard's decision, and the lr and gradient norm of the step taken from it."""
+    (``total`` and every term), the guard's decision, the lr and gradient norm of the step taken from it, and
+    ``time`` (seconds: evaluation, plus backward and update when a step was taken)."""
     named = dict(model.named_parameters())
     params = [named[n] for n in names]
     opt, sched = build_optimizer(params, s)
@@ -201,6 +203,7 @@ def adapt_pairs(model: nn.Module, pairs: list[tuple[torch.Tensor, torch.Tensor]]
     initial_pairs: list[float] = []
     for k in range(s.steps + 1):
         last = k == s.steps
+        tic = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         accept = None
         if k > 0 and guard.enabled:
@@ -217,7 +220,7 @@ def adapt_pairs(model: nn.Module, pairs: list[tuple[torch.Tensor, torch.Tensor]]
             # whose gradient is incomplete.
             action = ROLLBACK_NONFINITE if not math.isfinite(max(per_pair)) else ROLLBACK_DIVERGED
         entry = {**(tag or {}), "step": k, "total": total, **terms, "lr": None, "grad_norm": None,
-                 "guard": action}
+                 "guard": action, "time": time.perf_counter() - tic}
         history.append(entry)
         state_step = k
         if Guard.is_rollback(action):
@@ -235,6 +238,7 @@ def adapt_pairs(model: nn.Module, pairs: list[tuple[torch.Tensor, torch.Tensor]]
         opt.step()
         if sched is not None:
             sched.step()
+        entry["time"] = time.perf_counter() - tic  # evaluation + backward + update
     opt.zero_grad(set_to_none=True)
 
     flows, best_step = current, state_step

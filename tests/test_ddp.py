@@ -1,0 +1,66 @@
+"""torchrun with 2 processes (gloo, CPU) gives the result of 1 process with the same global batch."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mlof.checkpoint import load_checkpoint
+from mlof.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
+
+
+def _torchrun(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "mlof.cli", *args]
+    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+
+
+def _compare(a: dict, b: dict, atol: float) -> float:
+    worst = 0.0
+    for k, v in a.items():
+        worst = max(worst, float((v.double() - b[k].double()).abs().max()))
+    assert worst <= atol, f"largest weight difference {worst:g} > {atol:g}"
+    return worst
+
+
+def _check(kind: str, common: list[str], tmp_path: Path, atol: float) -> None:
+    r = _torchrun([kind, "--quiet", f"out_dir={tmp_path}", "name=two", *common], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert main([kind, "--quiet", f"out_dir={tmp_path}", "name=one", *common]) == 0
+    two = load_checkpoint(tmp_path / "two" / "checkpoints" / "latest.pt")
+    one = load_checkpoint(tmp_path / "one" / "checkpoints" / "latest.pt")
+    assert two["step"] == one["step"] > 0
+    _compare(two["state_dict"], one["state_dict"], atol)
+    # the logged global-batch loss agrees too, and only rank 0 wrote a run folder
+    assert abs(two["metrics"]["loss"] - one["metrics"]["loss"]) < 1e-4 * max(1.0, abs(one["metrics"]["loss"]))
+    assert len(list((tmp_path / "two").glob("events.out.tfevents.*"))) == 1
+
+
+@pytest.mark.slow
+def test_pretrain_two_processes_equal_one(tmp_path):
+    # global batch 3 over 2 ranks (2 + 1): uneven shards must still give the global-batch mean
+    common = ["steps=2", "batch_size=3", "iters=2", "device=cpu", "log.images_every=0", "log.every=1",
+              "data.options={domain: source, size: [64, 64], length: 6}", "optim.lr=1e-4", "optim.eps=1e-6"]
+    _check("pretrain", common, tmp_path, atol=2e-5)
+
+
+@pytest.mark.slow
+def test_meta_train_two_processes_equal_one(tmp_path):
+    import backbones
+    from mlof.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    init = save_checkpoint(tmp_path / "theta0.pt", backbones.build("raft_small"))
+    common = [f"model.checkpoint={init}", "steps=1", "tasks_per_step=2", "meta.inner_steps=1", "meta.iters=2",
+              "device=cpu", "log.images_every=0", "log.every=1", "meta.outer_lr=1e-4",
+              "data.options={domain: target, size: [64, 64], length: 4}"]
+    _check("meta-train", common, tmp_path, atol=2e-5)
