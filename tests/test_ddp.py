@@ -32,7 +32,7 @@ def _compare(a: dict, b: dict, atol: float) -> float:
     return worst
 
 
-def _check(kind: str, common: list[str], tmp_path: Path, atol: float) -> None:
+def _check(kind: str, common: list[str], tmp_path: Path, atol: float, start: dict) -> None:
     r = _torchrun([kind, "--quiet", f"out_dir={tmp_path}", "name=two", *common], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert main([kind, "--quiet", f"out_dir={tmp_path}", "name=one", *common]) == 0
@@ -40,27 +40,42 @@ def _check(kind: str, common: list[str], tmp_path: Path, atol: float) -> None:
     one = load_checkpoint(tmp_path / "one" / "checkpoints" / "latest.pt")
     assert two["step"] == one["step"] > 0
     _compare(two["state_dict"], one["state_dict"], atol)
+    moved = max(float((one["state_dict"][k] - v).abs().max()) for k, v in start.items())
+    assert moved > 100 * atol, f"the run hardly moved the weights ({moved:g}): the comparison would be vacuous"
     # the logged global-batch loss agrees too, and only rank 0 wrote a run folder
     assert abs(two["metrics"]["loss"] - one["metrics"]["loss"]) < 1e-4 * max(1.0, abs(one["metrics"]["loss"]))
     assert len(list((tmp_path / "two").glob("events.out.tfevents.*"))) == 1
 
 
+def _initial_weights(seed: int = 0) -> dict:
+    import backbones
+    from mlof.train.seeding import seed_everything
+
+    seed_everything(seed)            # what the runner does before building the network
+    return backbones.build("raft_small").state_dict()
+
+
 @pytest.mark.slow
 def test_pretrain_two_processes_equal_one(tmp_path):
-    # global batch 3 over 2 ranks (2 + 1): uneven shards must still give the global-batch mean
+    # Global batch 3 over 2 ranks (2 + 1): uneven shards must still give the global-batch mean. Adam's
+    # sign-like first steps turn float-noise in near-zero gradients into full-lr differences, so a large eps
+    # makes the update proportional to the gradient: then equal weights mean equal gradients.
     common = ["steps=2", "batch_size=3", "iters=2", "device=cpu", "log.images_every=0", "log.every=1",
-              "data.options={domain: source, size: [64, 64], length: 6}", "optim.lr=1e-4", "optim.eps=1e-6"]
-    _check("pretrain", common, tmp_path, atol=2e-5)
+              "data.options={domain: source, size: [64, 64], length: 6}", "optim.lr=1e-3", "optim.eps=1e-2",
+              "optim.schedule=constant"]
+    _check("pretrain", common, tmp_path, atol=1e-6, start=_initial_weights())
 
 
 @pytest.mark.slow
 def test_meta_train_two_processes_equal_one(tmp_path):
-    import backbones
     from mlof.checkpoint import save_checkpoint
 
-    torch.manual_seed(0)
-    init = save_checkpoint(tmp_path / "theta0.pt", backbones.build("raft_small"))
+    start = _initial_weights(1)
+    import backbones
+    model = backbones.build("raft_small")
+    model.load_state_dict(start)
+    init = save_checkpoint(tmp_path / "theta0.pt", model)
     common = [f"model.checkpoint={init}", "steps=1", "tasks_per_step=2", "meta.inner_steps=1", "meta.iters=2",
-              "device=cpu", "log.images_every=0", "log.every=1", "meta.outer_lr=1e-4",
-              "data.options={domain: target, size: [64, 64], length: 4}"]
-    _check("meta-train", common, tmp_path, atol=2e-5)
+              "device=cpu", "log.images_every=0", "log.every=1", "meta.outer_lr=1e-3",
+              "meta.options={optimizer: sgd}", "data.options={domain: target, size: [64, 64], length: 4}"]
+    _check("meta-train", common, tmp_path, atol=1e-6, start=start)

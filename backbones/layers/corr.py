@@ -7,9 +7,10 @@ N x (num_levels * (2r+1)^2) x H x W: for each level i, the correlation of every 
 ``a - r`` and the y-offset ``b - r`` (RAFT stacks its meshgrid "transposed"; trained weights depend on it).
 
 The dense volume costs about N * (H*W)^2 * 4 bytes * 4/3 for H x W feature maps at 1/8 resolution:
-0.26 GiB for one 440x1024 pair (55x128 features), 5.6 GiB for one 1080x1920 pair (135x240). ``OnDemandCorrBlock`` stores only the pooled fmap2 pyramid and
-computes the needed neighbourhoods at each lookup, in chunks of pixels, with a custom autograd function that
-recomputes instead of storing the gathered features: memory grows linearly with the number of pixels.
+0.26 GiB for one 440x1024 pair (55x128 features), 5.6 GiB for one 1080x1920 pair (135x240).
+``OnDemandCorrBlock`` stores only the pooled fmap2 pyramid and computes the needed neighbourhoods at each
+lookup (``local_corr``), in chunks, with autograd functions that recompute instead of storing the gathered
+features: memory grows linearly with the number of pixels.
 Correlations are computed in float32 even under autocast, as the official mixed-precision path does.
 """
 from __future__ import annotations
