@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from backbones.base import FlowOutput, InputPadder, validate_images
-from backbones.layers.pwc import local_correlation, resize_flow, warp
+from backbones.layers.pwc import cost_volume, warp
 from backbones.registry import register
 
 __all__ = ["LiteFlowNet2", "CONFIGS", "LOSS_WEIGHTS", "BilinearUpsample"]
@@ -146,7 +146,7 @@ class MatchingUnit(_Block):
     def forward(self, feat1: torch.Tensor, feat2: torch.Tensor, upflow: torch.Tensor | None,
                 multiplier: float) -> torch.Tensor:
         warped = feat2 if upflow is None else warp(feat2, upflow * multiplier, WARP_MASK_THRESHOLD, strict=True)
-        corr = local_correlation(feat1, warped, MAX_DISPLACEMENT, stride=self.stride, dilation_patch=self.stride)
+        corr = cost_volume(feat1, warped, MAX_DISPLACEMENT, stride=self.stride, dilation_patch=self.stride)
         corr = F.leaky_relu(corr, 0.1)
         if self.stride > 1:
             corr = self.corr_up(corr)
@@ -186,10 +186,9 @@ class RegularizationUnit(_Block):
 
     def forward(self, img1: torch.Tensor, img2: torch.Tensor, feat: torch.Tensor, flow: torch.Tensor,
                 multiplier: float) -> torch.Tensor:
-        n = img1.shape[0]
         warped = warp(img2, flow * multiplier, WARP_MASK_THRESHOLD, strict=True)
         diff = torch.norm(img1 - warped, p=2, dim=1, keepdim=True)
-        flow_nomean = flow - flow.view(n, 2, -1).mean(2).view(n, 2, 1, 1)
+        flow_nomean = flow - flow.mean(dim=(2, 3), keepdim=True)
         dist = self.dist_layer(self.layers(torch.cat((diff, flow_nomean, feat), dim=1)))
         kernel = F.softmax(-dist ** 2, dim=1)
         k = self.patch_size
@@ -295,7 +294,9 @@ class LiteFlowNet2(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def param_group_prefixes(self) -> dict[str, list[str]]:
-        """LiteFlowNet2 has no context encoder: ``context_encoder`` is empty; the decoder is ``update_block``."""
+        """``feature_encoder`` (NetC) and ``update_block`` (NetE) partition the parameters; LiteFlowNet2 has no
+        context encoder, so ``context_encoder`` is empty. ``matching``, ``subpixel`` and ``regularization`` are
+        finer selections inside ``update_block`` (the M, S and R units of every level)."""
         levels = [f"decoder.decoders.level{level}" for level in self.decoder.levels]
         dec = self.decoder.decoders
         return {

@@ -4,8 +4,8 @@ Weight-compatible with coolbeam/UPFlow_pytorch (``model/upflow.py``, the ``test.
 cost-volume feature normalisation per image and channel, self-guided upsampling on). Its checkpoint
 ``upflow_kitti2015.pth`` (a plain state dict, no prefix) loads as it is.
 
-Both flow directions are decoded in one batch of 2N (forward pairs then backward pairs): the official network
-always estimates both, and its occlusion masks and pyramid distillation loss need them.
+By default both flow directions are decoded, as the official network does: its occlusion masks and the
+pyramid distillation loss need them.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from torch import nn
 
 from backbones.base import FlowOutput, validate_images
 from backbones.layers.grid import coords_grid
-from backbones.layers.pwc import local_correlation, resize_flow, warp
+from backbones.layers.pwc import cost_volume, resize_flow, warp
 from backbones.registry import register
 
 __all__ = ["UPFlow", "IMAGE_MEAN", "IMAGE_SCALE", "SEARCH_RANGE", "forward_backward_occlusion"]
@@ -209,14 +209,13 @@ class UPFlow(nn.Module):
         self.sgi_model = SelfGuidedUpsampler()
 
     def param_group_prefixes(self) -> dict[str, list[str]]:
-        """Module prefixes of the parameter groups. UPFlow has no context encoder (``context_networks`` is the
-        dilated refinement head of the decoder), so ``context_encoder`` is empty."""
+        """Module prefixes of the parameter groups; together they partition the parameters. UPFlow has no context
+        encoder (``context_networks`` is the dilated refinement head of the decoder): ``context_encoder`` is empty;
+        ``upsampler`` is the self-guided upsampling module."""
         return {
             "feature_encoder": ["feature_pyramid_extractor", "conv_1x1"],
             "context_encoder": [],
             "update_block": ["flow_estimators", "context_networks"],
-            "flow_estimator": ["flow_estimators"],
-            "context_network": ["context_networks"],
             "upsampler": ["sgi_model"],
         }
 
@@ -237,7 +236,7 @@ class UPFlow(nn.Module):
         else:
             flow_up = self.sgi_model.refine(flow_up, red1, red2)
             feat2_warped = warp(feat2, flow_up, WARP_MASK_THRESHOLD)
-        corr = local_correlation(_normalize_features(feat1), _normalize_features(feat2_warped), SEARCH_RANGE,
+        corr = cost_volume(_normalize_features(feat1), _normalize_features(feat2_warped), SEARCH_RANGE,
                                  reduction="mean")
         corr = F.leaky_relu(corr, 0.1)
         feat, res = self.flow_estimators(torch.cat([corr, red1, flow_up], dim=1))

@@ -90,11 +90,11 @@ def test_mmflow_upsampling_filter():
 def test_shapes_any_size(config):
     torch.manual_seed(0)
     model = LiteFlowNet2(config).eval()
-    im = torch.rand(2, 3, 70, 90) * 255
+    im = torch.rand(2 if config == "pre-M6S6" else 1, 3, 70, 90) * 255
     with torch.no_grad():
         out = model(im, im.flip(-1), iters=3, return_all=True)
     levels = CONFIGS[config]["levels"]
-    assert out.flow.shape == (2, 2, 70, 90) and out.flow_low is None
+    assert out.flow.shape == (im.shape[0], 2, 70, 90) and out.flow_low is None
     assert len(out.flows) == len(levels) and torch.equal(out.flows[-1], out.flow)
     assert out.extras["pad"] == [3, 3, 13, 13]                    # padded to 96 x 96
     assert [tuple(f.shape[-2:]) for f in out.extras["pyramid_flows"]] == [(96 >> (lv - 1),) * 2 for lv in levels]
@@ -203,10 +203,10 @@ def test_training_step_fits_a_batch():
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     model = LiteFlowNet2("pre-M6S6").train()
-    batch = _translated_pairs(2, 64, gen)
+    batch = _translated_pairs(1, 64, gen)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     losses = []
-    for _ in range(4):
+    for _ in range(3):
         loss = model.training_loss(model(batch[0], batch[1]), batch[2])
         opt.zero_grad()
         loss.backward()

@@ -2,19 +2,17 @@
 PWC layers (local correlation, warping) against naive definitions."""
 from __future__ import annotations
 
-import importlib.util
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 import backbones
-from backbones.layers.pwc import local_correlation, resize_flow, warp
+from backbones.layers.pwc import cost_volume, resize_flow, warp
 from backbones.registry import CheckpointMismatchError
 from backbones.upflow import UPFlow, forward_backward_occlusion
+from reference_utils import Reference, case_images, load_reference, rule_weights_for, state_dict_signature
 
 # Outputs the official network itself reproduces bit-for-bit across thread counts (reference README).
 STABLE = [f"A_level{i}_flow_{d}" for i in (2, 3, 4) for d in ("fw", "bw")] + ["A_level1_flow_fw"]
@@ -23,45 +21,26 @@ UNSTABLE_FLOWS = ["A_flow", "A_flow_bw", "B_flow", "B_flow_bw", "A_level0_flow_f
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# reference helpers
+# reference data (tests/reference_utils.py)
 
-def _rule_state_dict(reference_dir: Path, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    spec = importlib.util.spec_from_file_location("rule_weights", reference_dir / "rule_weights.py")
-    rule = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(rule)
-    meta = json.loads((reference_dir / "upflow" / "meta.json").read_text())
-    keys = json.loads((reference_dir / "upflow" / "keys.json").read_text())
-    own = model.state_dict()
-    return rule.rule_state_dict({k: tuple(s) for k, s, _ in keys}, set(meta["norm_keys"]), set(meta["int_keys"]),
-                                meta["multiplier"], const={k: own[k] for k in meta["const_keys"]})
-
-
-def _case_images(reference_dir: Path, flow_samples: Path, case: str) -> tuple[torch.Tensor, torch.Tensor]:
-    import cv2
-    meta = json.loads((reference_dir / "upflow" / "meta.json").read_text())
-    c = meta["inputs"][case]
-    r0, r1, c0, c1 = c["crop_rows_cols"]
-    out = []
-    for name in c["frames"]:
-        path = flow_samples / "sintel" / "training" / c["pass"] / c["scene"] / name
-        rgb = cv2.imread(str(path), cv2.IMREAD_COLOR)[..., ::-1][r0:r1, c0:c1]
-        out.append(torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float()[None])
-    return out[0], out[1]
+@pytest.fixture(scope="module")
+def ref(reference_dir: Path) -> Reference:
+    return load_reference(reference_dir, "upflow")
 
 
 @pytest.fixture(scope="module")
-def rule_model(reference_dir: Path) -> UPFlow:
+def rule_model(ref: Reference) -> UPFlow:
     model = UPFlow().eval()
-    model.load_state_dict(_rule_state_dict(reference_dir, model), strict=True)
+    model.load_state_dict(rule_weights_for(model, ref), strict=True)
     return model
 
 
 @pytest.fixture(scope="module")
-def outputs(rule_model: UPFlow, reference_dir: Path, flow_samples: Path) -> dict[str, np.ndarray]:
+def outputs(rule_model: UPFlow, ref: Reference, flow_samples: Path) -> dict[str, np.ndarray]:
     res = {}
     with torch.no_grad():
         for case in ("A", "B"):
-            out = rule_model(*_case_images(reference_dir, flow_samples, f"case_{case}"))
+            out = rule_model(*case_images(flow_samples, ref.meta, case))
             res[f"{case}_flow"], res[f"{case}_flow_bw"] = out.flow, out.extras["flow_bw"]
             if case == "A":
                 res["A_occ_fw"], res["A_occ_bw"] = out.extras["occ_fw"], out.extras["occ_bw"]
@@ -72,9 +51,8 @@ def outputs(rule_model: UPFlow, reference_dir: Path, flow_samples: Path) -> dict
 
 
 @pytest.fixture(scope="module")
-def reference(reference_dir: Path) -> dict[str, np.ndarray]:
-    with np.load(reference_dir / "upflow" / "outputs.npz") as z:
-        return {k: z[k] for k in z.files}
+def reference(ref: Reference) -> dict[str, np.ndarray]:
+    return ref.outputs
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -87,10 +65,8 @@ def test_parameter_count_and_registry():
     assert "upflow" in backbones.available()
 
 
-def test_state_dict_layout_equals_official(reference_dir: Path):
-    keys = json.loads((reference_dir / "upflow" / "keys.json").read_text())
-    mine = [[k, list(v.shape), str(v.dtype)[len("torch."):]] for k, v in UPFlow().state_dict().items()]
-    assert mine == keys
+def test_state_dict_layout_equals_official(ref: Reference):
+    assert state_dict_signature(UPFlow()) == ref.keys
 
 
 def test_stable_outputs_match_official(outputs, reference):
@@ -112,10 +88,10 @@ def test_unstable_outputs_match_official_loosely(outputs, reference):
         assert (outputs[name] == reference[name]).mean() > 0.98, name
 
 
-def test_official_plain_checkpoint_loads(tmp_path, rule_model, reference_dir):
+def test_official_plain_checkpoint_loads(tmp_path, rule_model, ref):
     # upflow_kitti2015.pth is a plain state dict without prefix.
     path = tmp_path / "upflow_kitti2015.pth"
-    torch.save(_rule_state_dict(reference_dir, rule_model), path)
+    torch.save(rule_weights_for(rule_model, ref), path)
     model = backbones.build("upflow", checkpoint=path).eval()
     for (k, a), (_, b) in zip(model.state_dict().items(), rule_model.state_dict().items()):
         assert torch.equal(a, b), k
@@ -130,30 +106,31 @@ def test_official_plain_checkpoint_loads(tmp_path, rule_model, reference_dir):
 def test_outputs_and_options():
     torch.manual_seed(0)
     model = UPFlow().eval()
-    im1 = torch.rand(1, 3, 128, 160) * 255
+    im1 = torch.rand(1, 3, 128, 144) * 255
     im2 = torch.roll(im1, 3, dims=-1)
     with torch.no_grad():
         out = model(im1, im2, iters=5, return_all=True)
         fw_only = UPFlow(bidirectional=False).eval()
         fw_only.load_state_dict(model.state_dict())
         out_fw = fw_only(im1, im2)
-    assert out.flow.shape == (1, 2, 128, 160) and out.flow_low is None
-    assert [tuple(f.shape[-2:]) for f in out.extras["pyramid_flows"]] == [(2, 3), (4, 5), (8, 10), (16, 20),
-                                                                          (32, 40)]
+    assert out.flow.shape == (1, 2, 128, 144) and out.flow_low is None
+    assert [tuple(f.shape[-2:]) for f in out.extras["pyramid_flows"]] == [(2, 3), (4, 5), (8, 9), (16, 18),
+                                                                          (32, 36)]
     assert len(out.flows) == 6 and all(f.shape == out.flow.shape for f in out.flows)
     assert torch.equal(out.flows[-1], out.flow)
-    assert out.extras["occ_fw"].shape == (1, 1, 128, 160)
+    assert out.extras["occ_fw"].shape == (1, 1, 128, 144)
     assert set(out.extras["occ_fw"].unique().tolist()) <= {0.0, 1.0}
     assert torch.equal(out_fw.flow, out.flow) and "flow_bw" not in out_fw.extras
     assert not out_fw.flows   # eval mode, no return_all
 
 
 def test_small_and_odd_inputs_are_padded():
-    model = UPFlow().eval()
+    model = UPFlow(bidirectional=False).eval()
     with torch.no_grad():
         out = model(torch.rand(2, 3, 45, 70) * 255, torch.rand(2, 3, 45, 70) * 255)
-    assert out.flow.shape == (2, 2, 45, 70) and out.extras["flow_bw"].shape == (2, 2, 45, 70)
-    assert torch.isfinite(out.flow).all()
+    assert out.flow.shape == (2, 2, 45, 70) and torch.isfinite(out.flow).all()
+    assert [tuple(f.shape[-2:]) for f in out.extras["pyramid_flows"]] == [(2, 2), (4, 4), (8, 8), (16, 16),
+                                                                          (32, 32)]   # padded to 128 x 128
 
 
 @pytest.mark.parametrize("bad, match", [
@@ -183,8 +160,9 @@ def test_param_groups():
                                              for n in groups["feature_encoder"])
     assert groups["update_block"] and all(n.startswith(("flow_estimators.", "context_networks."))
                                           for n in groups["update_block"])
-    covered = set(groups["feature_encoder"]) | set(groups["update_block"]) | set(groups["upsampler"])
-    assert covered == set(groups["all"])
+    parts = [groups[g] for g in ("feature_encoder", "update_block", "upsampler")]
+    flat = [n for part in parts for n in part]
+    assert len(flat) == len(set(flat)) and sorted(flat) == sorted(groups["all"])   # a partition
 
 
 def test_occlusion_masks():
@@ -199,7 +177,7 @@ def test_occlusion_masks():
 # ---------------------------------------------------------------------------------------------------------------
 # backbones.layers.pwc
 
-def _naive_correlation(f1, f2, d, stride=1, dil=1, reduction="sum"):
+def _naive_cost_volume(f1, f2, d, stride=1, dil=1, reduction="sum"):
     n, c, h, w = f1.shape
     ho, wo = (h + stride - 1) // stride, (w + stride - 1) // stride
     out = torch.zeros(n, (2 * d + 1) ** 2, ho, wo, dtype=f1.dtype)
@@ -215,19 +193,19 @@ def _naive_correlation(f1, f2, d, stride=1, dil=1, reduction="sum"):
 
 @pytest.mark.parametrize("stride, dil, reduction", [(1, 1, "mean"), (2, 2, "sum"), (1, 2, "sum")])
 @pytest.mark.parametrize("max_elements", [0, 10 ** 9])      # one-displacement-at-a-time and batched paths
-def test_local_correlation_matches_definition(stride, dil, reduction, max_elements):
+def test_cost_volume_matches_definition(stride, dil, reduction, max_elements):
     torch.manual_seed(1)
     f1, f2 = torch.randn(2, 5, 7, 9, dtype=torch.float64), torch.randn(2, 5, 7, 9, dtype=torch.float64)
-    got = local_correlation(f1, f2, 2, stride=stride, dilation_patch=dil, reduction=reduction,
+    got = cost_volume(f1, f2, 2, stride=stride, dilation_patch=dil, reduction=reduction,
                             max_elements=max_elements)
-    torch.testing.assert_close(got, _naive_correlation(f1, f2, 2, stride, dil, reduction))
+    torch.testing.assert_close(got, _naive_cost_volume(f1, f2, 2, stride, dil, reduction))
 
 
-def test_local_correlation_gradients():
+def test_cost_volume_gradients():
     f1 = torch.randn(1, 3, 5, 6, dtype=torch.float64, requires_grad=True)
     f2 = torch.randn(1, 3, 5, 6, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a, b: local_correlation(a, b, 1, max_elements=0), (f1, f2))
-    assert torch.autograd.gradcheck(lambda a, b: local_correlation(a, b, 1, reduction="mean"), (f1, f2))
+    assert torch.autograd.gradcheck(lambda a, b: cost_volume(a, b, 1, max_elements=0), (f1, f2))
+    assert torch.autograd.gradcheck(lambda a, b: cost_volume(a, b, 1, reduction="mean"), (f1, f2))
 
 
 def test_warp_shift_and_masks():
@@ -254,3 +232,17 @@ def test_resize_flow_scales_vectors():
     torch.testing.assert_close(up[:, 0], torch.full((1, 8, 20), 4.0))
     torch.testing.assert_close(up[:, 1], torch.full((1, 8, 20), 2.0))
     torch.testing.assert_close(resize_flow(flow, (8, 20), scale=False), torch.ones(1, 2, 8, 20))
+
+
+def test_training_mode_gradients_reach_every_group():
+    torch.manual_seed(0)
+    model = UPFlow(bidirectional=False).train()
+    im1 = torch.rand(1, 3, 128, 128) * 255
+    out = model(im1, torch.roll(im1, 2, dims=-1))
+    assert len(out.flows) == 6
+    loss = sum(f.abs().mean() for f in out.flows)
+    loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
+    for group, names in backbones.param_groups(model).items():
+        assert not names or any(grads[n].abs().sum() > 0 for n in names), group

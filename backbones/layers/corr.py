@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from backbones.layers.grid import bilinear_sampler
-from backbones.layers.local_corr import TILE, local_correlation
+from backbones.layers.local_corr import TILE, local_correlation, tile_features
 
 __all__ = ["CorrBlock", "OnDemandCorrBlock", "build_corr", "dense_corr_bytes", "CORR_KINDS",
            "DEFAULT_MEMORY_BUDGET"]
@@ -114,7 +114,12 @@ class OnDemandCorrBlock:
         self.chunk_bytes, self.tile, self.max_spread = int(chunk_bytes), int(tile), max_spread
         with torch.autocast(device_type=fmap1.device.type, enabled=False):
             n, c, h, w = fmap1.shape
-            self.f1 = fmap1.float() / math.sqrt(c)  # 1/sqrt(C) folded into fmap1 once
+            f1 = fmap1.float() / math.sqrt(c)  # 1/sqrt(C) folded into fmap1 once
+            # fmap1 laid out once per call of the block, for both kernels (shared by every level/iteration,
+            # so autograd stores it once)
+            self.f1_tiles = tile_features(f1, self.tile)
+            self.f1_rows = f1.permute(0, 2, 3, 1).reshape(n * h * w, c)
+            self.shape = (n, h, w)
             # Per level: the pooled fmap2 as rows (batch after batch, each followed by a zero row that
             # out-of-image positions read), and its size.
             self.tables: list[tuple[torch.Tensor, int, int]] = []
@@ -132,9 +137,9 @@ class OnDemandCorrBlock:
         with torch.autocast(device_type=coords.device.type, enabled=False):
             coords = coords.float()
             n, _, h, w = coords.shape
-            if (n, h, w) != (self.f1.shape[0], *self.f1.shape[-2:]):
+            if (n, h, w) != self.shape:
                 raise ValueError(f"coords of shape {tuple(coords.shape)} do not match the feature maps "
-                                 f"{tuple(self.f1.shape)}")
+                                 f"(N, H, W) = {self.shape}")
             out = []
             for i, (table, h2, w2) in enumerate(self.tables):
                 c_l = coords / 2 ** i
@@ -142,7 +147,7 @@ class OnDemandCorrBlock:
                 fx = (c_l[:, 0] - x0)[..., None, None]                              # N x H x W x 1 x 1
                 fy = (c_l[:, 1] - y0)[..., None, None]
                 # g[..., a, b]: x offset a - r, y offset b - r around the floor (integer positions)
-                g = local_correlation(self.f1, table, h2, w2, x0.long() - r, y0.long() - r, side,
+                g = local_correlation(self.f1_tiles, self.f1_rows, table, h2, w2, x0.long() - r, y0.long() - r, side,
                                       self.chunk_bytes, self.tile, self.max_spread)
                 corr = ((1 - fx) * (1 - fy) * g[..., :-1, :-1] + fx * (1 - fy) * g[..., 1:, :-1]
                         + (1 - fx) * fy * g[..., :-1, 1:] + fx * fy * g[..., 1:, 1:])

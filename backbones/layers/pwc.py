@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from backbones.layers.grid import coords_grid
 
-__all__ = ["local_correlation", "warp", "resize_flow", "DENSE_CORRELATION_MAX_ELEMENTS"]
+__all__ = ["cost_volume", "warp", "resize_flow", "DENSE_CORRELATION_MAX_ELEMENTS"]
 
 
 # Above this many elements in the product tensor (N * C * H' * W' * D^2; 2^26 floats = 256 MB) the cost volume
@@ -19,7 +19,7 @@ __all__ = ["local_correlation", "warp", "resize_flow", "DENSE_CORRELATION_MAX_EL
 DENSE_CORRELATION_MAX_ELEMENTS = 2 ** 26
 
 
-def local_correlation(feat1: torch.Tensor, feat2: torch.Tensor, max_displacement: int, stride: int = 1,
+def cost_volume(feat1: torch.Tensor, feat2: torch.Tensor, max_displacement: int, stride: int = 1,
                       dilation_patch: int = 1, reduction: str = "sum",
                       max_elements: int = DENSE_CORRELATION_MAX_ELEMENTS) -> torch.Tensor:
     """Local cost volume between two feature maps (FlowNet/PWC correlation, kernel size 1, zero padding).

@@ -74,12 +74,14 @@ class MetaTrainJob:
                              group=cfg.pairs_per_task)
         self.total_steps = cfg.steps
         m = cfg.meta
+        extra = dict(m.options)
+        extra.setdefault("strict", not ctx.distributed)   # under torchrun each rank gets its share of the tasks
         try:
             self.trainer = MLOFTrainer(self.model, inner_loss=m.inner_loss, inner_steps=m.inner_steps,
                                        inner_lr=m.inner_lr, first_order=m.first_order, params=m.params,
                                        iters=m.iters, tasks_per_step=cfg.tasks_per_step, outer_lr=m.outer_lr,
                                        keep_close_weight=m.keep_close_weight, gamma=m.gamma,
-                                       max_flow=m.max_flow, **dict(m.options))
+                                       max_flow=m.max_flow, **extra)
         except TypeError as e:
             raise ConfigError(f"meta: {e}") from e
         self._n_local = self._n_global = cfg.tasks_per_step
