@@ -62,7 +62,8 @@ class PatchGrid:
         n, c = x.shape[:2]
         sc = self.sc
         win = F.unfold(x, kernel_size=3 * sc, padding=sc, stride=sc)  # N x (C*K) x P
-        return win.view(n, c, 9 * sc * sc, self.num_patches).permute(0, 3, 1, 2)
+        # contiguous per patch: batched matmuls over strided matrices fall back to a slow per-matrix path
+        return win.view(n, c, 9 * sc * sc, self.num_patches).permute(0, 3, 1, 2).contiguous()
 
     def queries(self, x: torch.Tensor) -> torch.Tensor:
         """Padded N x C x hp x wp -> N x P x C x S: the pixels of each patch."""

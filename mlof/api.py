@@ -78,8 +78,9 @@ def adapt(model: nn.Module, frames: Any, *, mode: str = "joint", device: torch.d
             callable params -> Optimizer), lr=1e-5, weight_decay=1e-5, schedule="onecycle" (or "constant"/None),
             clip=1.0, recipe="mlof", params="all" (or a group such as "update_block", names, a predicate),
             iters=12, corr=None ("dense"/"ondemand"/"auto" for networks with that option),
-            keep_close_weight=None (the recipe's: 10 for mlof), bn="eval" (or "train"), guard=True, guard_factor=1.5, keep="best"
-            (or "last"), bidirectional=True, net_options={} (further network keyword options).
+            keep_close_weight=None (the recipe's: 10 for mlof), bn="eval" (or "train"), guard=True,
+            guard_factor=1.5, keep="best" (or "last"), bidirectional=True, net_options={} (further network
+            keyword options).
     Raises ``ValueError`` for bad frames or options.
     """
     if mode not in MODES:

@@ -107,22 +107,32 @@ def measure(fn: Callable[[], Any], device: torch.device, repeats: int = 3, warmu
 
 
 def _build(name: str, corr: str, checkpoint: str | None, device: torch.device) -> torch.nn.Module:
-    import backbones
-    from mlof.checkpoint import load
+    from mlof.train.config import ModelConfig
+    from mlof.train.setup import build_model
 
     options = {} if corr in ("-", "", "default") else {"corr": corr}
-    if checkpoint:
-        model = load(checkpoint, backbone=None if checkpoint.endswith(".pt") else name, **options)
+    # with a checkpoint, build_model checks that it holds network ``name``
+    return build_model(ModelConfig(name=name, options=options, checkpoint=checkpoint), device).eval()
+
+
+def _case(model: torch.nn.Module, img1: torch.Tensor, img2: torch.Tensor, mode: str,
+          cfg: BenchConfig) -> Callable[[], Any]:
+    """The call one measurement times: a no-grad forward pass, or one ``mlof.adapt`` call."""
+    import mlof
+
+    if mode == "inference":
+        def fn() -> Any:
+            with torch.no_grad():
+                return model(img1, img2, iters=cfg.iters)
     else:
-        model = backbones.build(name, **options)
-    return model.to(device).eval()
+        def fn() -> Any:
+            return mlof.adapt(model, (img1[0], img2[0]), steps=cfg.adapt_steps, iters=cfg.iters)
+    return fn
 
 
 def bench(cfg: BenchConfig, device: torch.device, progress: Callable[[str], None] | None = None
           ) -> list[dict[str, Any]]:
     """Run the grid; one row per (backbone, size, corr, mode), with an ``error`` where a case cannot run."""
-    import mlof
-
     if cfg.checkpoint and len(cfg.backbones) != 1:
         raise ValueError("checkpoint: give exactly one backbone with a checkpoint")
     for m in cfg.modes:
@@ -148,13 +158,7 @@ def bench(cfg: BenchConfig, device: torch.device, progress: Callable[[str], None
                 for mode in cfg.modes:
                     if progress:
                         progress(f"{name} {h}x{w} corr={corr} {mode}")
-                    if mode == "inference":
-                        def fn():
-                            with torch.no_grad():
-                                model(img1, img2, iters=cfg.iters)
-                    else:
-                        def fn():
-                            mlof.adapt(model, (img1[0], img2[0]), steps=cfg.adapt_steps, iters=cfg.iters)
+                    fn = _case(model, img1, img2, mode, cfg)
                     row = {"backbone": name, "size": f"{h}x{w}", "corr": corr, "mode": mode, "iters": cfg.iters,
                            "batch": cfg.batch}
                     if mode == "adaptation":
@@ -164,7 +168,6 @@ def bench(cfg: BenchConfig, device: torch.device, progress: Callable[[str], None
                     except (RuntimeError, ValueError) as e:   # out of memory, unsupported size
                         row["error"] = str(e).splitlines()[0][:200]
                     rows.append(row)
-                del model
     return rows
 
 

@@ -30,7 +30,7 @@ from backbones.base import FlowOutput, InputPadder
 from mlof.train.config import DataConfig, ModelConfig
 
 __all__ = ["EvaluateConfig", "Protocol", "PROTOCOLS", "protocol_for", "predict", "forward_interpolate", "evaluate",
-           "evaluate_dataset", "headline"]
+           "evaluate_dataset", "headline", "same_sequence"]
 
 
 @dataclass
@@ -116,7 +116,8 @@ def forward_interpolate(flow: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.stack([fx, fy]).astype(np.float32)).to(flow.device)
 
 
-def _same_sequence(prev: Mapping[str, Any] | None, meta: Mapping[str, Any]) -> bool:
+def same_sequence(prev: Mapping[str, Any] | None, meta: Mapping[str, Any]) -> bool:
+    """Whether the pair of ``meta`` directly follows the pair of ``prev`` (same scene, next frame)."""
     if prev is None:
         return False
     try:
@@ -176,7 +177,7 @@ def evaluate(model: nn.Module, dataset: Iterable[Mapping[str, Any]], *, dataset_
                 flow = res.flows[0].reshape(1, 2, *img1.shape[-2:])
             else:
                 init = None
-                if warm_start and prev_low is not None and _same_sequence(prev_meta, meta):
+                if warm_start and prev_low is not None and same_sequence(prev_meta, meta):
                     init = forward_interpolate(prev_low[0])[None]
                 out = predict(model, img1, img2, iters=iters, padding=padding, flow_init=init)
                 flow, prev_low, prev_meta = out.flow, out.flow_low, meta

@@ -11,7 +11,7 @@ import torch
 
 import mlof
 from mlof.cli import COMMANDS, main
-from mlof.io import read_flow, write_image
+from mlof.io import read_flow
 from tests._tiny_data import sintel_args, tiny_sintel
 
 QUIET = ["--quiet"]

@@ -80,3 +80,33 @@ def test_resume_guards(tmp_path, data_args, capsys):
     assert _run(tmp_path, data_args, "once", "steps=1", "optim.lr=0.1", "--resume") == 2
     assert "optim.lr" in capsys.readouterr().err                   # another recipe cannot resume
     assert _run(tmp_path, data_args, "once", "steps=1", "--overwrite") == 0
+
+
+@pytest.mark.slow
+def test_kill_9_leaves_a_loadable_checkpoint(tmp_path, data_args):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    cmd = [sys.executable, "-m", "mlof.cli", "pretrain", "--quiet", f"out_dir={tmp_path}", "name=k", *TINY,
+           *data_args, "steps=3"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = tmp_path / "k" / "checkpoints" / "latest.pt"
+    deadline = time.time() + 600
+    try:
+        while time.time() < deadline and proc.poll() is None:       # kill while it writes step checkpoints
+            if latest.is_file() and load_checkpoint(latest)["step"] >= 1:
+                break
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    ckpt = load_checkpoint(latest)                                  # complete, whatever the moment
+    assert 0 <= ckpt["step"] <= 3
+    assert _run(tmp_path, data_args, "k", "steps=3", "--resume") == 0
+    assert load_checkpoint(latest)["step"] == 3

@@ -14,9 +14,10 @@ from backbones.layers.grid import coords_grid
 __all__ = ["cost_volume", "warp", "resize_flow", "DENSE_CORRELATION_MAX_ELEMENTS"]
 
 
-# Above this many elements in the product tensor (N * C * H' * W' * D^2; 2^26 floats = 256 MB) the cost volume
-# is built one displacement at a time instead of in one batched product.
-DENSE_CORRELATION_MAX_ELEMENTS = 2 ** 26
+# Up to this many elements in the product tensor (N * C * H' * W' * D^2; 2^24 floats = 64 MB) the cost volume
+# is one batched product in the official layout (bit-compatible with UPFlow's Corr_pyTorch, but its strided
+# channel reduction is ~10x slower); above it, one displacement at a time (fast, memory-bounded).
+DENSE_CORRELATION_MAX_ELEMENTS = 2 ** 24
 
 
 def cost_volume(feat1: torch.Tensor, feat2: torch.Tensor, max_displacement: int, stride: int = 1,
@@ -32,9 +33,10 @@ def cost_volume(feat1: torch.Tensor, feat2: torch.Tensor, max_displacement: int,
     reduction: ``"sum"`` over channels (mmcv ``Correlation``) or ``"mean"`` (UPFlow).
 
     Memory is bounded: while the product tensor has at most ``max_elements`` entries it is formed in one batch
-    (laid out N x C x H' x W' x D^2, the layout of UPFlow's official ``Corr_pyTorch``, so the channel reduction
-    rounds exactly as there); above that the volume is built one displacement at a time (output plus one
-    product map). The two paths differ only in float rounding (~1e-7 relative).
+    laid out as in UPFlow's official ``Corr_pyTorch``, so the channel reduction rounds exactly as there (this is
+    what makes UPFlow's outputs bit-identical to the official ones at the reference sizes); above that the
+    volume is built one displacement at a time (output plus one product map; several times faster). The two
+    paths differ only in float rounding (~1e-7 relative).
     """
     if feat1.dim() != 4 or feat1.shape != feat2.shape:
         raise ValueError(f"feat1 and feat2 must be N x C x H x W of equal shape, got {tuple(feat1.shape)} "

@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch import nn
 
 __all__ = ["DistContext", "init_distributed", "shard_range", "sync_gradients", "broadcast_module",
-           "reduce_metrics", "resolve_device", "shutdown"]
+           "reduce_metrics", "resolve_device", "shutdown", "barrier"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,12 @@ def init_distributed(device: str = "auto") -> DistContext:
             torch.cuda.set_device(dev)
         dist.init_process_group(backend=backend)
     return DistContext(rank=rank, world_size=world, local_rank=local_rank, device=dev)
+
+
+def barrier(ctx: DistContext) -> None:
+    """Wait for every process (no-op in a 1-process run)."""
+    if ctx.distributed:
+        dist.barrier()
 
 
 def shutdown() -> None:

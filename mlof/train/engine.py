@@ -18,13 +18,12 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Protocol
 
 import numpy as np
-import torch
 from torch import nn
 from tqdm import tqdm
 
 from mlof.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from mlof.train.config import LogConfig, diff_keys
-from mlof.train.distributed import DistContext
+from mlof.train.distributed import DistContext, barrier
 from mlof.train.rundir import RunDir
 from mlof.train.seeding import capture_rng, restore_rng, seed_step
 
@@ -68,7 +67,7 @@ def _save(run: RunDir, job: TrainingJob, step: int, recipe: dict, metrics: dict,
                     **job.state_dict())
 
 
-def _resume(run: RunDir, job: TrainingJob, recipe: dict) -> int:
+def _resume(run: RunDir, job: TrainingJob, recipe: dict) -> tuple[int, dict[str, float]]:
     if not run.latest.is_file():
         raise ResumeError(f"nothing to resume: {run.latest} does not exist")
     try:
@@ -83,19 +82,21 @@ def _resume(run: RunDir, job: TrainingJob, recipe: dict) -> int:
     job.model.load_state_dict(ckpt["state_dict"])
     job.load_state_dict(ckpt)
     restore_rng(ckpt["rng"])
-    return int(ckpt["step"])
+    return int(ckpt["step"]), dict(ckpt.get("metrics") or {})
 
 
 def fit(job: TrainingJob, run: RunDir, recipe: dict[str, Any], seed: int, log: LogConfig, ctx: DistContext,
         resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Run ``job`` to ``job.total_steps`` (from its latest checkpoint if ``resume``); returns the summary."""
+    last: dict[str, float] = {}
     if resume:
-        start = _resume(run, job, recipe)
+        start, last = _resume(run, job, recipe)
     else:
         if run.latest.is_file() and not overwrite:
             raise ResumeError(f"{run.path} already holds a run; continue it with --resume, start it over with "
                               f"--overwrite, or pick another name=...")
         start = 0
+    barrier(ctx)   # every rank has checked the folder before rank 0 writes into it
     run.save_config(recipe)
     total = job.total_steps
     if start == 0 and ctx.is_main:
@@ -104,7 +105,6 @@ def fit(job: TrainingJob, run: RunDir, recipe: dict[str, Any], seed: int, log: L
     bar = tqdm(total=total, initial=start, desc=run.path.name, disable=not (progress and ctx.is_main),
                dynamic_ncols=True, leave=True)
     window: dict[str, list[float]] = {}
-    last: dict[str, float] = {}
     t0 = time.perf_counter()
     for step, batch in zip(range(start, total), job.batches(start)):
         seed_step(seed, step)

@@ -2,7 +2,7 @@
 
 ``adapt`` runs MLOF's meta-inference: every pair is adapted independently from the loaded weights
 (``mlof.adapt``, the release's 3 AdamW steps of the unsupervised loss), or, with ``online=true``, the
-weights are carried along the sequence (``mlof.OnlineAdapter``). Pairs with ground truth are scored before
+weights are carried along the sequence (``mlof.adapt(..., mode="online")``, G's ``OnlineAdapter``). Pairs with ground truth are scored before
 and after adaptation. ``infer`` only predicts. Both write ``flows/<stem>.flo`` (or .png / .pfm) and colour
 images ``flows/<stem>_color.png`` into the run folder, and panels to TensorBoard.
 """
@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from mlof.train.config import ConfigError, DataConfig, ModelConfig, to_dict
+from mlof.train.config import ConfigError, DataConfig, ModelConfig
 from mlof.train.distributed import resolve_device
 from mlof.train.rundir import RunDir
 from mlof.train.seeding import seed_everything
@@ -202,7 +202,7 @@ def _scalar(x: Any) -> float | None:
 
 def run_infer(cfg: DictConfig, progress: bool = True) -> dict[str, Any]:
     """Predict every pair of the input and write flow files and colour images."""
-    from mlof.evaluate import forward_interpolate, predict
+    from mlof.evaluate import forward_interpolate, predict, same_sequence
 
     obj, device, run, pairs, what = _setup(cfg)
     if obj.padding not in ("sintel", "kitti"):
@@ -210,14 +210,16 @@ def run_infer(cfg: DictConfig, progress: bool = True) -> dict[str, Any]:
     model = build_model(obj.model, device).eval()
     n = len(pairs)
     t0 = time.perf_counter()
-    low = None
+    low, prev_meta = None, None
     epes = []
     for i in tqdm(range(n), desc="infer", disable=not progress):
         sample = pairs[i]
         img1, img2 = sample["img1"][None].to(device), sample["img2"][None].to(device)
-        init = forward_interpolate(low[0])[None] if (obj.warm_start and low is not None) else None
+        meta = sample.get("meta") or {}
+        warm = obj.warm_start and low is not None and same_sequence(prev_meta, meta)
+        init = forward_interpolate(low[0])[None] if warm else None
         out = predict(model, img1, img2, iters=obj.iters, padding=obj.padding, flow_init=init)
-        low = out.flow_low
+        low, prev_meta = out.flow_low, meta
         epes.append(_epe(out.flow[0], sample))
         if obj.save_flows:
             _write_flow(run, _stem(sample, i), out.flow[0], obj.flow_format, obj.color)
