@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from backbones.base import FlowOutput, InputPadder, validate_images
 from backbones.layers.corr import CORR_KINDS, DEFAULT_MEMORY_BUDGET, build_corr
@@ -62,13 +63,16 @@ class RAFTBase(nn.Module):
     ``fnet``, ``cnet`` and ``update_block`` (and any extra modules) in their ``__init__``.
 
     Options (keyword-only, shared by every RAFT-family network):
-        corr: "dense" (official all-pairs pyramid) | "ondemand" (memory-bounded lookup) | "auto" (dense while its
-              pyramid fits ``corr_memory_budget`` bytes).
+        corr: "auto" (default: the official dense pyramid while it fits ``corr_memory_budget`` bytes, 2 GiB,
+              else on-demand) | "dense" (official all-pairs pyramid) | "ondemand" (memory-bounded lookup).
         padding: "sintel" (pad both sides) | "kitti" (height padding at the bottom), replicate, to a multiple of 8.
         freeze_bn: keep BatchNorm layers in eval mode even in ``train()`` (official training after Chairs).
         dropout: Dropout2d probability on the encoder outputs (training only).
         mixed_precision: run encoders and update block under CUDA autocast (as official ``--mixed_precision``;
               a no-op on CPU, as official). Correlation always runs in float32.
+        grad_checkpointing: in training with gradients, recompute each iteration (lookup, update, upsampling)
+              during backward instead of storing its activations: training memory no longer grows with
+              ``iters`` (about a third more compute). Hooks must then be free of side effects.
     """
 
     hidden_dim = 128
@@ -81,9 +85,9 @@ class RAFTBase(nn.Module):
     cnet: nn.Module
     update_block: nn.Module
 
-    def __init__(self, *, corr: str = "dense", padding: str = "sintel", freeze_bn: bool = False,
+    def __init__(self, *, corr: str = "auto", padding: str = "sintel", freeze_bn: bool = False,
                  dropout: float = 0.0, mixed_precision: bool = False,
-                 corr_memory_budget: int = DEFAULT_MEMORY_BUDGET):
+                 corr_memory_budget: int = DEFAULT_MEMORY_BUDGET, grad_checkpointing: bool = False):
         super().__init__()
         if corr not in CORR_KINDS:
             raise ValueError(f"corr must be one of {', '.join(CORR_KINDS)}, got {corr!r}")
@@ -98,6 +102,7 @@ class RAFTBase(nn.Module):
         self.dropout = float(dropout)
         self.mixed_precision = bool(mixed_precision)
         self.corr_memory_budget = int(corr_memory_budget)
+        self.grad_checkpointing = bool(grad_checkpointing)
         self._freeze_bn = bool(freeze_bn)
 
     # ----------------------------------------------------------------------------------------------- options
@@ -171,18 +176,27 @@ class RAFTBase(nn.Module):
         net = ctx.net
         flows: list[torch.Tensor] = []
         flow_up = None
+        checkpointed = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         for itr in range(iters):
-            coords1 = coords1.detach()  # official: no gradient through the lookup positions
-            corr = corr_fn(coords1)
-            flow = coords1 - coords0
             need_up = keep_all or itr == iters - 1
-            net, mask, delta_flow = self.update_step(ctx, net, corr, flow, itr, need_up)
-            coords1 = coords1 + delta_flow
+            args = (ctx, corr_fn, coords0, coords1.detach(), net, itr, need_up)  # official: lookups detached
+            if checkpointed:
+                net, coords1, up = checkpoint(self._iteration, *args, use_reentrant=False)
+            else:
+                net, coords1, up = self._iteration(*args)
             if need_up:
-                flow_up = self.upsample(coords1 - coords0, mask)
+                flow_up = up
                 if keep_all:
                     flows.append(flow_up)
         return coords1 - coords0, flow_up, flows
+
+    def _iteration(self, ctx: Context, corr_fn, coords0: torch.Tensor, coords1: torch.Tensor, net: torch.Tensor,
+                   itr: int, need_up: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Lookup, GRU update and (if ``need_up``) upsampling: -> (GRU state, new coords1, full-res flow)."""
+        corr = corr_fn(coords1)
+        net, mask, delta_flow = self.update_step(ctx, net, corr, coords1 - coords0, itr, need_up)
+        coords1 = coords1 + delta_flow
+        return net, coords1, (self.upsample(coords1 - coords0, mask) if need_up else None)
 
     def _check_call(self, image1: torch.Tensor, image2: torch.Tensor, iters: int) -> None:
         validate_images(image1, image2, min_size=self.min_input_size)

@@ -237,7 +237,7 @@ class UPFlow(nn.Module):
             flow_up = self.sgi_model.refine(flow_up, red1, red2)
             feat2_warped = warp(feat2, flow_up, WARP_MASK_THRESHOLD)
         corr = cost_volume(_normalize_features(feat1), _normalize_features(feat2_warped), SEARCH_RANGE,
-                                 reduction="mean")
+                           reduction="mean")
         corr = F.leaky_relu(corr, 0.1)
         feat, res = self.flow_estimators(torch.cat([corr, red1, flow_up], dim=1))
         fine = self.context_networks(torch.cat([feat, flow_up + res], dim=1))

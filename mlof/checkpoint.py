@@ -30,7 +30,7 @@ from torch import nn
 from mlof.utils import atomic_open
 
 __all__ = ["FORMAT", "VERSION", "CheckpointError", "save_checkpoint", "load_checkpoint", "load",
-           "is_mlof_checkpoint", "unwrap_model"]
+           "is_mlof_checkpoint", "unwrap_model", "export_weights"]
 
 FORMAT = "mlof"
 VERSION = 1
@@ -135,3 +135,22 @@ def load(path: str | os.PathLike, backbone: str | None = None, map_location: str
                                   f"{', '.join(backbones.available())}")
         model = backbones.build(backbone, checkpoint=obj, strict=strict, **options)
     return model.to(map_location).eval()
+
+
+def export_weights(src: str | os.PathLike, dst: str | os.PathLike, **extra: Any) -> Path:
+    """Write ``src`` (an mlof training checkpoint) to ``dst`` without its resume state.
+
+    Keeps the network (backbone + state_dict), ``step``, ``recipe`` and ``metrics``; drops the optimizer,
+    scheduler and RNG states (a third of the size for Adam-trained networks). ``extra`` entries are added or
+    replace kept ones (e.g. ``recipe={"pretrain": ..., "meta_train": ...}``). Atomic like ``save_checkpoint``.
+    """
+    ckpt = load_checkpoint(src)
+    clash = [k for k in extra if k in _RESERVED]
+    if clash:
+        raise ValueError(f"export_weights: {', '.join(clash)} come from {src}")
+    keep = {k: ckpt[k] for k in (*_RESERVED, "step", "recipe", "metrics") if k in ckpt}
+    keep.update(extra)
+    dst = Path(dst)
+    with atomic_open(dst, "wb") as f:
+        torch.save(keep, f)
+    return dst

@@ -269,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", "-c", metavar="YAML", help="recipe file (e.g. recipes/quick_pretrain.yaml)")
         p.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
         p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+        if name == "adapt":
+            p.add_argument("--online", action="store_true",
+                           help="adapt along the sequence, carrying the weights (= online=true)")
         if cmd.training:
             p.add_argument("--resume", action="store_true",
                            help="continue runs/<name> from checkpoints/latest.pt (same recipe)")
@@ -324,7 +327,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 2
         from mlof.train.config import resolve
 
-        cfg = resolve(_defaults(args.command), args.config, args.overrides)
+        overrides = list(args.overrides) + (["online=true"] if getattr(args, "online", False) else [])
+        cfg = resolve(_defaults(args.command), args.config, overrides)
         if args.print_config:
             print(OmegaConf.to_yaml(cfg), end="")
             return 0

@@ -40,6 +40,10 @@ def test_cli_table_prints_anchor_parameter_counts():
         assert count in line
 
 
+def test_default_correlation_is_auto(small):
+    assert small.corr == "auto" and small.padding == "sintel"
+
+
 def test_unknown_names_and_options_raise_value_error():
     with pytest.raises(ValueError, match="unknown backbone"):
         backbones.build("flownet")
@@ -158,7 +162,7 @@ def test_small_inputs_work_down_to_the_pyramid_minimum_and_fail_below(small):
         with torch.no_grad():
             out = small(*_pair(h=57, w=100), iters=4)
         assert torch.isfinite(out.flow).all()
-    small.corr = "dense"
+    small.corr = "auto"
     with pytest.raises(ValueError, match="too small"):
         small(*_pair(h=56, w=100))
 
@@ -209,6 +213,20 @@ def test_freeze_bn_keeps_batchnorm_statistics():
     live = backbones.build("raft").train()
     live(*_pair(), iters=1)
     assert not torch.equal(live.cnet.norm1.running_mean, torch.zeros(64))
+
+
+def test_grad_checkpointing_gives_the_same_gradients():
+    im1, im2 = _pair(w=96)
+    results = []
+    for enabled in (False, True):
+        torch.manual_seed(1)  # same initial weights
+        model = backbones.build("raft_small", grad_checkpointing=enabled).train()
+        out = model(im1, im2, iters=3)
+        (sum(f.abs().mean() for f in out.flows) + out.flow_low.abs().mean()).backward()
+        results.append((out.flow.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    (flow_a, grads_a), (flow_b, grads_b) = results
+    assert torch.equal(flow_a, flow_b)
+    assert all(torch.allclose(grads_a[n], grads_b[n], atol=1e-6, rtol=1e-5) for n in grads_a)
 
 
 def test_autocast_keeps_correlation_in_float32(small):

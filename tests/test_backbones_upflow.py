@@ -1,5 +1,5 @@
 """UPFlow against the official outputs (shared/reference/upflow), checkpoint loading, bad input; and the shared
-PWC layers (local correlation, warping) against naive definitions."""
+PWC layers (cost volume, warping) against naive definitions."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -246,3 +246,20 @@ def test_training_mode_gradients_reach_every_group():
     assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
     for group, names in backbones.param_groups(model).items():
         assert not names or any(grads[n].abs().sum() > 0 for n in names), group
+
+
+def test_cost_volume_keeps_half_inputs_in_float32():
+    f1, f2 = torch.randn(1, 64, 6, 7) * 30, torch.randn(1, 64, 6, 7) * 30
+    got = cost_volume(f1.half(), f2.half(), 3)
+    assert got.dtype == torch.float32 and torch.isfinite(got).all()
+    torch.testing.assert_close(got, cost_volume(f1.half().float(), f2.half().float(), 3))
+
+
+@pytest.mark.slow
+def test_runs_at_sintel_size():
+    model = UPFlow().eval()
+    im = torch.rand(1, 3, 436, 1024) * 255
+    with torch.no_grad():
+        out = model(im, torch.roll(im, (1, 4), dims=(-2, -1)))
+    assert out.flow.shape == (1, 2, 436, 1024) and torch.isfinite(out.flow).all()
+    assert out.extras["occ_bw"].shape == (1, 1, 436, 1024)

@@ -9,7 +9,7 @@ import torch
 
 import backbones
 import mlof
-from mlof.checkpoint import CheckpointError, load, load_checkpoint, save_checkpoint
+from mlof.checkpoint import CheckpointError, export_weights, load, load_checkpoint, save_checkpoint
 from mlof.train.seeding import capture_rng, restore_rng
 
 
@@ -112,3 +112,14 @@ def test_reserved_keys_and_models_without_spec(tmp_path, small):
         save_checkpoint(tmp_path / "x.pt", small, state_dict={})
     with pytest.raises(CheckpointError, match="mlof_spec"):
         save_checkpoint(tmp_path / "x.pt", torch.nn.Linear(2, 2))
+
+
+def test_export_drops_resume_state(tmp_path, small):
+    opt = torch.optim.AdamW(small.parameters(), lr=1e-3)
+    full = save_checkpoint(tmp_path / "full.pt", small, step=5, optimizer=opt.state_dict(), rng=capture_rng(),
+                           recipe={"name": "x"}, metrics={"epe": 2.0})
+    out = export_weights(full, tmp_path / "weights.pt", metrics={"epe": 1.0})
+    ckpt = torch.load(out, weights_only=True)
+    assert set(ckpt) == {"format", "version", "backbone", "state_dict", "step", "recipe", "metrics"}
+    assert ckpt["metrics"] == {"epe": 1.0} and ckpt["step"] == 5
+    assert mlof.load(out).mlof_spec["name"] == "raft_small"

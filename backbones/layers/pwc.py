@@ -21,8 +21,8 @@ DENSE_CORRELATION_MAX_ELEMENTS = 2 ** 24
 
 
 def cost_volume(feat1: torch.Tensor, feat2: torch.Tensor, max_displacement: int, stride: int = 1,
-                      dilation_patch: int = 1, reduction: str = "sum",
-                      max_elements: int = DENSE_CORRELATION_MAX_ELEMENTS) -> torch.Tensor:
+                dilation_patch: int = 1, reduction: str = "sum",
+                max_elements: int = DENSE_CORRELATION_MAX_ELEMENTS) -> torch.Tensor:
     """Local cost volume between two feature maps (FlowNet/PWC correlation, kernel size 1, zero padding).
 
     feat1, feat2: N x C x H x W.
@@ -31,6 +31,7 @@ def cost_volume(feat1: torch.Tensor, feat2: torch.Tensor, max_displacement: int,
     ``reduce_c feat1[c, y*s, x*s] * feat2[c, y*s + dy*p, x*s + dx*p]`` for displacements
     ``dy, dx in [-d, d]`` scaled by ``p = dilation_patch``; positions outside feat2 read zero.
     reduction: ``"sum"`` over channels (mmcv ``Correlation``) or ``"mean"`` (UPFlow).
+    Half-precision inputs are computed, and returned, in float32.
 
     Memory is bounded: while the product tensor has at most ``max_elements`` entries it is formed in one batch
     laid out as in UPFlow's official ``Corr_pyTorch``, so the channel reduction rounds exactly as there (this is
@@ -46,6 +47,10 @@ def cost_volume(feat1: torch.Tensor, feat2: torch.Tensor, max_displacement: int,
                          f"{max_displacement}, {stride}, {dilation_patch}")
     if reduction not in ("sum", "mean"):
         raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+    if feat1.dtype in (torch.float16, torch.bfloat16):
+        # Sums of products over up to ~200 channels overflow or lose most digits in half precision (mmflow and
+        # RAFT also keep their correlation in float32 under autocast); the result stays float32.
+        feat1, feat2 = feat1.float(), feat2.float()
     r = max_displacement * dilation_patch
     f1 = feat1[:, :, ::stride, ::stride]
     n, c, ho, wo = f1.shape
