@@ -315,9 +315,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if cmd_name == "synth":
             synth_parser = argparse.ArgumentParser(prog="mlof synth")
             _add_synth(synth_parser)
-            flags = [a for a in argv[1:] if a.startswith("-") or "=" not in a or a.split("=")[0].startswith("-")]
-            extra = [a for a in argv[1:] if a not in flags]
-            args = synth_parser.parse_args(flags)
+            # flags (with their values, e.g. --set noise_std=1,3) go to the parser; what is left are key=value
+            args, extra = synth_parser.parse_known_args(argv[1:])
+            bad = [a for a in extra if "=" not in a or a.startswith("-")]
+            if bad:
+                synth_parser.error(f"unrecognized arguments: {' '.join(bad)}")
             if getattr(args, "_synth_missing", None):
                 raise UserError(f"mlof.data.synth_cli is not available: {args._synth_missing}")
             return _synth(args, synth_parser, extra)
