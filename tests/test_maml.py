@@ -17,15 +17,15 @@ LR = 0.3
 def _net() -> nn.Module:
     # Small conv + MLP net with smooth non-linearities so second derivatives are informative.
     torch.manual_seed(1)
-    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(), nn.Flatten(),
-                         nn.Linear(3 * 4 * 4, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    return nn.Sequential(nn.Conv2d(2, 2, 3, padding=1), nn.Tanh(), nn.Flatten(),
+                         nn.Linear(2 * 3 * 3, 3), nn.Tanh(), nn.Linear(3, 2)).double()
 
 
 def _data():
     g = torch.Generator().manual_seed(2)
-    xs = torch.randn(5, 2, 4, 4, generator=g, dtype=torch.float64)
+    xs = torch.randn(5, 2, 3, 3, generator=g, dtype=torch.float64)
     ys = torch.randn(5, 2, generator=g, dtype=torch.float64)
-    xq = torch.randn(6, 2, 4, 4, generator=g, dtype=torch.float64)
+    xq = torch.randn(6, 2, 3, 3, generator=g, dtype=torch.float64)
     yq = torch.randn(6, 2, generator=g, dtype=torch.float64)
     return xs, ys, xq, yq
 

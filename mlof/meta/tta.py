@@ -165,13 +165,12 @@ def _evaluate(model: nn.Module, pairs: list[tuple[torch.Tensor, torch.Tensor]], 
                 backward, refused = False, True  # this state will be rolled back: differentiate nothing more
             if backward and res.total.requires_grad:
                 (res.total / len(pairs)).backward()
-            del res.total
             per_pair.append(value)
             total += value / len(pairs)
             for k, v in res.terms.items():
                 terms[k] = terms.get(k, 0.0) + float(v.detach()) / len(pairs)
             flows.append(flow)
-            del res
+            del res  # frees an undifferentiated graph before the next pair's forward
         if fixed is not None and objective.keep_close_weight > 0:
             named = dict(model.named_parameters())
             kc = objective.keep_close_term({n: named[n] for n in names}, fixed)
