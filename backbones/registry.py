@@ -115,6 +115,15 @@ def _unwrap(obj: Any, source: str, model: nn.Module | None = None) -> dict[str, 
     return obj
 
 
+def _numpy_safe_globals() -> list:
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    types = [np.dtype, np.ndarray, core.multiarray.scalar, core.multiarray._reconstruct]
+    types += [type(np.dtype(t)) for t in ("float64", "float32", "float16", "int64", "int32", "uint8", "bool")]
+    return types
+
+
 def load_weights(model: nn.Module, checkpoint: str | os.PathLike | dict, strict: bool = True) -> nn.Module:
     """Load weights into ``model`` in place; with ``strict`` every key and shape must match."""
     source = str(checkpoint) if not isinstance(checkpoint, dict) else "state dict"
@@ -124,7 +133,10 @@ def load_weights(model: nn.Module, checkpoint: str | os.PathLike | dict, strict:
         if not os.path.isfile(checkpoint):
             raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
         try:
-            obj = torch.load(checkpoint, map_location="cpu", weights_only=True)
+            # mmflow/mmcv files carry a `meta` dict that may hold numpy scalars: allow those data types
+            # (and only those) next to tensors; still no arbitrary code from a checkpoint.
+            with torch.serialization.safe_globals(_numpy_safe_globals()):
+                obj = torch.load(checkpoint, map_location="cpu", weights_only=True)
         except Exception as e:  # pickle errors, truncated zip, ...
             raise CheckpointMismatchError(f"{checkpoint}: cannot be read as a torch checkpoint ({e})") from e
     sd = _unwrap(obj, source, model)
