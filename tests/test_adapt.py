@@ -10,7 +10,10 @@ import torch
 import backbones
 import mlof
 from mlof.losses import LossOutput
-from tests.meta_helpers import ToyFlowNet, shifted_pair, sintel_clip
+from tests.meta_helpers import ToyFlowNet, one_thread, shifted_pair, single_thread, sintel_clip  # noqa: F401
+
+# Small tensors: one intra-op thread is 10-30x faster than two on a loaded machine (see single_thread).
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _state(model):
@@ -34,7 +37,8 @@ def sintel_result(small_raft, flow_samples):
     model = small_raft
     model.train()  # the caller's mode must survive
     before = _state(model)
-    result = mlof.adapt(model, frames, steps=2, iters=2, optimizer="adam", lr=3e-5, schedule=None)
+    with one_thread():  # module-scoped: runs before the function-scoped single_thread fixture
+        result = mlof.adapt(model, frames, steps=2, iters=2, optimizer="adam", lr=3e-5, schedule=None)
     return model, before, result
 
 

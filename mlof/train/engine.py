@@ -95,6 +95,9 @@ def fit(job: TrainingJob, run: RunDir, recipe: dict[str, Any], seed: int, log: L
         if run.latest.is_file() and not overwrite:
             raise ResumeError(f"{run.path} already holds a run; continue it with --resume, start it over with "
                               f"--overwrite, or pick another name=...")
+        if overwrite and ctx.is_main and run.checkpoints.is_dir():
+            for old in run.checkpoints.glob("*.pt"):   # starting over: no stale step_*.pt of the old run
+                old.unlink()
         start = 0
     barrier(ctx)   # every rank has checked the folder before rank 0 writes into it
     run.save_config(recipe)

@@ -25,13 +25,14 @@ __all__ = ["OptimConfig", "PretrainConfig", "PretrainJob", "build_optimizer", "f
 
 @dataclass
 class OptimConfig:
-    """AdamW with RAFT's OneCycle schedule (linear anneal, total = steps + 100) and clipping."""
+    """AdamW with RAFT's OneCycle schedule (linear anneal over steps + schedule_pad) and clipping."""
 
     lr: float = 4e-4
     weight_decay: float = 1e-4
     eps: float = 1e-8
     schedule: str = "onecycle"   # onecycle | constant
     pct_start: float = 0.05
+    schedule_pad: int = 100      # RAFT anneals over steps + 100; short runs want 1 (the lr then ends near 0)
     clip: float = 1.0            # max gradient norm; 0 disables
 
 
@@ -58,11 +59,17 @@ class PretrainConfig:
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, total_steps: int
                     ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
-    """AdamW over the trainable parameters, and the schedule (RAFT: OneCycle over ``steps + 100``)."""
+    """AdamW over the trainable parameters, and the schedule (RAFT: OneCycle over ``steps + 100``).
+
+    OneCycle needs ``total_steps + schedule_pad`` >= 2 steps of the scheduler; the last one is never taken
+    (``step`` is called once per optimizer step), which is why RAFT pads the cycle.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.eps)
     if cfg.schedule == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=total_steps + 100,
+        if cfg.schedule_pad < 1:   # with 0 the scheduler's step after the last update yields a negative lr
+            raise ConfigError(f"optim.schedule_pad must be >= 1, got {cfg.schedule_pad}")
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=total_steps + cfg.schedule_pad,
                                                     pct_start=cfg.pct_start, cycle_momentum=False,
                                                     anneal_strategy="linear")
     elif cfg.schedule == "constant":
