@@ -5,6 +5,9 @@ set -e
 cd "$(dirname "$0")/.."
 . bash/_env.sh
 mlof_install test
+# The tests use tiny tensors: one intra-op thread is faster than two fighting over two cores, and
+# keeps timings steady on a loaded machine. Set OMP_NUM_THREADS yourself to override.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 set +e
 "$PY" -m pytest "$@"
 rc=$?

@@ -1,6 +1,6 @@
 """The `mlof` command line end to end on tiny synthetic data (raft_small, 1-2 iterations, a step or two).
 
-`python -m mlof` (a fresh interpreter) is marked slow.
+`python -m mlof` (a fresh interpreter) and meta-train (the costliest step) are marked slow.
 """
 from __future__ import annotations
 
@@ -105,6 +105,7 @@ def test_pretrain_writes_a_loadable_run(pretrained):
     assert model.mlof_spec["name"] == "raft_small"
 
 
+@pytest.mark.slow
 def test_meta_train(tmp_path, pretrained):
     rc = main(["meta-train", *QUIET, f"out_dir={tmp_path}", "name=mt", f"model.checkpoint={pretrained}", "steps=1",
                "tasks_per_step=1", "meta.inner_steps=1", "meta.iters=1", "device=cpu", "log.images_every=0",

@@ -24,9 +24,6 @@ def runs(tmp_path_factory):
     tree = tiny_sintel(tmp_path_factory)
     assert main(["pretrain", "--quiet", f"out_dir={out}", "name=pt", "steps=2", "batch_size=2", "iters=1",
                  "device=cpu", "log.every=1", "log.images_every=2", *sintel_args(tree)]) == 0
-    ckpt = out / "pt" / "checkpoints" / "latest.pt"
-    assert main(["evaluate", "--quiet", f"out_dir={out}", "name=ev", f"model.checkpoint={ckpt}", "iters=1",
-                 "device=cpu", "max_samples=1", "images=1", *sintel_args(tree)]) == 0
     return out, tree
 
 
@@ -42,8 +39,13 @@ def test_training_scalars_and_image_grid(runs):
     assert img.width > 2 * 96 and img.height > 2 * 72
 
 
-def test_evaluation_logs(runs):
-    ev = _events(runs[0] / "ev")
+@pytest.mark.slow
+def test_evaluation_logs(runs, tmp_path):
+    out, tree = runs
+    ckpt = out / "pt" / "checkpoints" / "latest.pt"
+    assert main(["evaluate", "--quiet", f"out_dir={tmp_path}", "name=ev", f"model.checkpoint={ckpt}", "iters=1",
+                 "device=cpu", "max_samples=1", "images=1", *sintel_args(tree)]) == 0
+    ev = _events(tmp_path / "ev")
     assert "eval/panel" in ev.Tags()["images"]
     assert {"eval/epe", "eval/sample_epe"} <= set(ev.Tags()["scalars"])
 
