@@ -30,7 +30,7 @@ from mlof.train.seeding import capture_rng, restore_rng, seed_step
 __all__ = ["StepOutput", "TrainingJob", "ResumeError", "fit", "RESUME_FREE_KEYS"]
 
 # Keys that may change between an interrupted run and its resumption without changing the result.
-RESUME_FREE_KEYS = ("device", "resume", "overwrite", "progress", "data.num_workers", "log.")
+RESUME_FREE_KEYS = ("device", "data.num_workers", "log.")
 
 
 class ResumeError(ValueError):
