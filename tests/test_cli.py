@@ -1,6 +1,4 @@
 """The `mlof` command line end to end on tiny synthetic data (raft_small, 1-2 iterations, a step or two).
-
-`python -m mlof` (a fresh interpreter) and meta-train (the costliest step) are marked slow.
 """
 from __future__ import annotations
 
@@ -89,7 +87,6 @@ def test_shipped_recipes_resolve():
         assert r.read_text().startswith("#"), f"{r.name} needs a header comment saying what it reproduces"
 
 
-@pytest.mark.slow
 def test_python_dash_m_works():
     r = subprocess.run([sys.executable, "-m", "mlof", "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "meta-train" in r.stdout
@@ -105,7 +102,6 @@ def test_pretrain_writes_a_loadable_run(pretrained):
     assert model.mlof_spec["name"] == "raft_small"
 
 
-@pytest.mark.slow
 def test_meta_train(tmp_path, pretrained):
     rc = main(["meta-train", *QUIET, f"out_dir={tmp_path}", "name=mt", f"model.checkpoint={pretrained}", "steps=1",
                "tasks_per_step=1", "meta.inner_steps=1", "meta.iters=1", "device=cpu", "log.images_every=0",

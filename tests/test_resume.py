@@ -71,7 +71,6 @@ def test_resume_is_bit_identical(tmp_path, data_args, monkeypatch):
     assert not _same(got["state_dict"], mid["state_dict"])
 
 
-@pytest.mark.slow
 def test_resume_guards(tmp_path, data_args, capsys):
     assert _run(tmp_path, data_args, "nothing", "--resume") == 2
     assert "nothing to resume" in capsys.readouterr().err

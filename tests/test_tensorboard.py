@@ -39,7 +39,6 @@ def test_training_scalars_and_image_grid(runs):
     assert img.width > 2 * 96 and img.height > 2 * 72
 
 
-@pytest.mark.slow
 def test_evaluation_logs(runs, tmp_path):
     out, tree = runs
     ckpt = out / "pt" / "checkpoints" / "latest.pt"
@@ -50,7 +49,6 @@ def test_evaluation_logs(runs, tmp_path):
     assert {"eval/epe", "eval/sample_epe"} <= set(ev.Tags()["scalars"])
 
 
-@pytest.mark.slow
 def test_adaptation_logs(runs, tmp_path):
     out, tree = runs
     ckpt = out / "pt" / "checkpoints" / "latest.pt"
