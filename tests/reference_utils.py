@@ -98,3 +98,26 @@ def max_abs_diff(mine: torch.Tensor, ref: np.ndarray) -> float:
     if mine.shape != ref.shape:
         raise AssertionError(f"shape {mine.shape} != reference {ref.shape}")
     return float(np.abs(mine - ref).max())
+
+
+def assert_case_a_matches(model: torch.nn.Module, ref: Reference, flow_samples: Path) -> None:
+    """Case A with every iteration: final, coarse and the training path's kept iterations match the official."""
+    a1, a2 = case_images(flow_samples, ref.meta, "A")
+    with torch.no_grad():
+        out = model(a1, a2, iters=12, return_all=True)
+    assert len(out.flows) == 12 and torch.equal(out.flows[-1], out.flow)
+    assert max_abs_diff(out.flow, ref.outputs["A_flow"]) < ref.tolerance
+    assert max_abs_diff(out.flow_low, ref.outputs["A_flow_low"]) < ref.tolerance
+    kept = [int(i) for i in ref.train_preds["iterations"]]
+    mine = torch.stack([out.flows[i - 1] for i in kept])
+    assert max_abs_diff(mine, ref.train_preds["A_train_preds"]) < ref.tolerance
+
+
+def assert_case_b_matches(model: torch.nn.Module, ref: Reference, flow_samples: Path) -> None:
+    """Case B (non-multiple-of-8 input, padded inside, test mode) matches the official padded outputs."""
+    b1, b2 = case_images(flow_samples, ref.meta, "B")
+    with torch.no_grad():
+        out = model(b1, b2, iters=12)
+    assert out.flows == []
+    assert max_abs_diff(out.flow, ref.outputs["B_flow"]) < ref.tolerance
+    assert max_abs_diff(out.flow_low, ref.outputs["B_flow_low_padded"]) < ref.tolerance

@@ -6,8 +6,8 @@ import torch
 
 import backbones
 from backbones.kpaflow import KernelPatchAttention, PatchAttention, PatchGrid
-from reference_utils import (case_images, load_reference, max_abs_diff, rule_weights_for,
-                             state_dict_signature)
+from reference_utils import (assert_case_a_matches, assert_case_b_matches, case_images, load_reference,
+                             max_abs_diff, rule_weights_for, state_dict_signature)
 
 SETTINGS = {"kpaflow": "sintel", "kpaflow_kitti": "kitti"}  # reference folder -> dataset option
 ANCHOR_PARAMS = 5_994_831
@@ -33,25 +33,12 @@ def test_state_dict_layout_and_parameter_count_equal_official(folder, reference_
 @pytest.mark.parametrize("folder", list(SETTINGS))
 def test_case_a_every_iteration_matches_official(folder, reference_dir, flow_samples):
     model, ref = _loaded(reference_dir, folder)
-    a1, a2 = case_images(flow_samples, ref.meta, "A")
-    with torch.no_grad():
-        out = model(a1, a2, iters=12, return_all=True)
-    assert len(out.flows) == 12 and torch.equal(out.flows[-1], out.flow)
-    assert max_abs_diff(out.flow, ref.outputs["A_flow"]) < ref.tolerance
-    assert max_abs_diff(out.flow_low, ref.outputs["A_flow_low"]) < ref.tolerance
-    kept = [int(i) for i in ref.train_preds["iterations"]]
-    mine = torch.stack([out.flows[i - 1] for i in kept])
-    assert max_abs_diff(mine, ref.train_preds["A_train_preds"]) < ref.tolerance
+    assert_case_a_matches(model, ref, flow_samples)
 
 
 def test_case_b_padded_test_mode_matches_official(reference_dir, flow_samples):
     model, ref = _loaded(reference_dir, "kpaflow")
-    b1, b2 = case_images(flow_samples, ref.meta, "B")
-    with torch.no_grad():
-        out = model(b1, b2, iters=12)
-    assert out.flows == []
-    assert max_abs_diff(out.flow, ref.outputs["B_flow"]) < ref.tolerance
-    assert max_abs_diff(out.flow_low, ref.outputs["B_flow_low_padded"]) < ref.tolerance
+    assert_case_b_matches(model, ref, flow_samples)
 
 
 @pytest.mark.slow

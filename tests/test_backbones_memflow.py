@@ -9,8 +9,8 @@ import torch
 
 import backbones
 from backbones.memflow import MotionMemory
-from reference_utils import (case_images, load_reference, max_abs_diff, rule_weights_for,
-                             state_dict_signature)
+from reference_utils import (assert_case_a_matches, assert_case_b_matches, load_reference, max_abs_diff,
+                             rule_weights_for, state_dict_signature)
 
 ANCHOR_PARAMS = 6_273_149
 # The reference's video outputs are reproduced to ~1e-5 (thread-count noise); with rule weights the memory
@@ -85,25 +85,12 @@ def test_state_dict_layout_and_parameter_count_equal_official(reference_dir):
 
 def test_two_frame_call_and_training_path_match_official(loaded, flow_samples):
     model, ref = loaded
-    a1, a2 = case_images(flow_samples, ref.meta, "A")
-    with torch.no_grad():
-        out = model(a1, a2, iters=12, return_all=True)
-    assert len(out.flows) == 12 and torch.equal(out.flows[-1], out.flow)
-    assert max_abs_diff(out.flow, ref.outputs["A_flow"]) < ref.tolerance
-    assert max_abs_diff(out.flow_low, ref.outputs["A_flow_low"]) < ref.tolerance
-    kept = [int(i) for i in ref.train_preds["iterations"]]
-    mine = torch.stack([out.flows[i - 1] for i in kept])
-    assert max_abs_diff(mine, ref.train_preds["A_train_preds"]) < ref.tolerance
+    assert_case_a_matches(model, ref, flow_samples)
 
 
 def test_padded_case_b_matches_official(loaded, flow_samples):
     model, ref = loaded
-    b1, b2 = case_images(flow_samples, ref.meta, "B")
-    with torch.no_grad():
-        out = model(b1, b2, iters=12)
-    assert out.flows == []
-    assert max_abs_diff(out.flow, ref.outputs["B_flow"]) < ref.tolerance
-    assert max_abs_diff(out.flow_low, ref.outputs["B_flow_low_padded"]) < ref.tolerance
+    assert_case_b_matches(model, ref, flow_samples)
 
 
 def test_video_through_infer_sequence_matches_official(loaded, flow_samples):
