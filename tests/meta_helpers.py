@@ -1,11 +1,9 @@
 """Shared helpers of the meta-learning / adaptation tests: a tiny flow network and the real sample frames."""
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -59,22 +57,3 @@ def sintel_clip(flow_samples: Path, size: tuple[int, int] | None = (64, 128), fr
                 pass_: str = "clean") -> list[torch.Tensor]:
     root = flow_samples / "sintel" / "training" / pass_ / "alley_1"
     return [load_frame(root / f"frame_{i:04d}.png", size) for i in frames]
-
-
-@contextlib.contextmanager
-def one_thread():
-    """One intra-op thread: the test tensors are small, and on a loaded machine thread hand-offs cost far more
-    than the arithmetic (measured: 30 ms vs 4 ms per meta-loss of the test MLP; 12 s vs 0.5 s for a 2-step
-    raft_small adaptation at 64x96)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-@pytest.fixture
-def single_thread():
-    with one_thread():
-        yield

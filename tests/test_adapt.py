@@ -10,7 +10,7 @@ import torch
 import backbones
 import mlof
 from mlof.losses import LossOutput
-from tests.meta_helpers import ToyFlowNet, one_thread, shifted_pair, single_thread, sintel_clip  # noqa: F401
+from tests.meta_helpers import ToyFlowNet, shifted_pair, sintel_clip
 
 # Small tensors: one intra-op thread is 10-30x faster than two on a loaded machine (see single_thread).
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -31,14 +31,14 @@ def small_raft():
 
 
 @pytest.fixture(scope="module")
-def sintel_result(small_raft, flow_samples):
+def sintel_result(small_raft, flow_samples, single_thread_module):
     """raft_small (random init) adapted on alley_1 2->3 at 64x96: shared by several tests."""
     frames = sintel_clip(flow_samples, (64, 96), frames=(2, 3))
     model = small_raft
     model.train()  # the caller's mode must survive
     before = _state(model)
-    with one_thread():  # module-scoped: runs before the function-scoped single_thread fixture
-        result = mlof.adapt(model, frames, steps=2, iters=2, optimizer="adam", lr=3e-5, schedule=None)
+    # module-scoped: runs before the function-scoped single_thread fixture, hence single_thread_module
+    result = mlof.adapt(model, frames, steps=2, iters=2, optimizer="adam", lr=3e-5, schedule=None)
     return model, before, result
 
 

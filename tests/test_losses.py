@@ -14,13 +14,8 @@ RECIPE_NAMES = ("mlof", "arflow", "uflow", "smurf", "upflow")
 D64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: one intra-op thread avoids OpenMP hand-off costs that dominate on a busy box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny tensors: one intra-op thread avoids OpenMP hand-off costs that dominate on a busy machine.
+pytestmark = pytest.mark.usefixtures("single_thread_module")
 
 
 def _smooth_images(n: int = 1, h: int = 12, w: int = 14, dtype=torch.float32, seed: int = 0) -> torch.Tensor:

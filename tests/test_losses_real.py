@@ -32,12 +32,7 @@ SAMPLES = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread_module")
 
 
 def _read_image(path: Path) -> torch.Tensor:

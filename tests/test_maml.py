@@ -10,7 +10,6 @@ from torch import nn
 
 from mlof.meta.maml import MAML, MetaSGD
 from mlof.meta.params import select_parameters
-from tests.meta_helpers import single_thread  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -8,7 +8,7 @@ import torch
 
 import backbones
 from mlof.meta import MLOFTrainer
-from tests.meta_helpers import ToyFlowNet, shifted_pair, single_thread  # noqa: F401  (fixture)
+from tests.meta_helpers import ToyFlowNet, shifted_pair
 
 # Small tensors: one intra-op thread is 10-30x faster than two on a loaded machine (see single_thread).
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -9,7 +9,7 @@ import torch
 import backbones
 import mlof
 from mlof.meta.online import OnlineAdapter
-from tests.meta_helpers import ToyFlowNet, shifted_pair, single_thread, sintel_clip  # noqa: F401  (fixture)
+from tests.meta_helpers import ToyFlowNet, shifted_pair, sintel_clip
 
 # Small tensors: one intra-op thread is 10-30x faster than two on a loaded machine (see single_thread).
 pytestmark = pytest.mark.usefixtures("single_thread")
