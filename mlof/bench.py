@@ -17,17 +17,16 @@ from typing import Any, Callable, List, Optional
 
 import torch
 
+from mlof.train.config import RunConfig
+
 __all__ = ["BenchConfig", "measure", "bench", "format_table", "peak_memory"]
 
 
 @dataclass
-class BenchConfig:
+class BenchConfig(RunConfig):
     """``mlof bench``: a grid of backbones x sizes x correlation backends x modes."""
 
     name: str = "bench"
-    out_dir: str = "runs"
-    seed: int = 0
-    device: str = "auto"
     backbones: List[str] = field(default_factory=lambda: ["raft_small"])
     sizes: List[List[int]] = field(default_factory=lambda: [[224, 320]])   # [H, W]
     corr: List[str] = field(default_factory=lambda: ["dense"])             # build option; "-" = network default

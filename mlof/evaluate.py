@@ -27,20 +27,17 @@ import torch
 from torch import nn
 
 from backbones.base import FlowOutput, InputPadder
-from mlof.train.config import DataConfig, ModelConfig
+from mlof.train.config import DataConfig, ModelConfig, RunConfig
 
 __all__ = ["EvaluateConfig", "Protocol", "PROTOCOLS", "protocol_for", "predict", "forward_interpolate", "evaluate",
            "evaluate_dataset", "headline", "same_sequence"]
 
 
 @dataclass
-class EvaluateConfig:
+class EvaluateConfig(RunConfig):
     """``mlof evaluate``: the RAFT protocol on one dataset."""
 
     name: str = "evaluate"
-    out_dir: str = "runs"
-    seed: int = 0
-    device: str = "auto"
     model: ModelConfig = field(default_factory=lambda: ModelConfig(name=None, checkpoint="default"))
     data: DataConfig = field(default_factory=DataConfig)   # options merge key by key: keep defaults empty
     iters: Optional[int] = None      # default: the dataset's protocol (32 Sintel, 24 KITTI / Chairs)

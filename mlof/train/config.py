@@ -67,6 +67,16 @@ class LogConfig:
     tensorboard: bool = True
 
 
+@dataclass
+class RunConfig:
+    """Keys every subcommand shares; a subcommand's config subclasses it and sets its own ``name`` default."""
+
+    name: str = "run"           # run folder: <out_dir>/<name>/
+    out_dir: str = "runs"
+    seed: int = 0
+    device: str = "auto"        # auto: cuda when available, else cpu
+
+
 def _fmt_error(e: OmegaConfBaseException, source: str) -> str:
     key = getattr(e, "full_key", None)
     msg = str(e).splitlines()[0] if str(e) else type(e).__name__

@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from mlof.train.config import ConfigError, DataConfig, ModelConfig
+from mlof.train.config import ConfigError, DataConfig, ModelConfig, RunConfig
 from mlof.train.distributed import resolve_device
 from mlof.train.rundir import RunDir
 from mlof.train.seeding import seed_everything
@@ -29,13 +29,10 @@ __all__ = ["AdaptConfig", "InferConfig", "run_adapt", "run_infer"]
 
 
 @dataclass
-class AdaptConfig:
+class AdaptConfig(RunConfig):
     """``mlof adapt``: meta-inference (unsupervised test-time adaptation) on frames, a video or a dataset."""
 
     name: str = "adapt"
-    out_dir: str = "runs"
-    seed: int = 0
-    device: str = "auto"
     model: ModelConfig = field(default_factory=lambda: ModelConfig(name=None, checkpoint="default"))
     input: Any = None                   # None/clip: bundled clip; folder; video; [img, img, ...]
     data: Optional[DataConfig] = None   # or a dataset (pairs with ground truth are scored)
@@ -49,13 +46,10 @@ class AdaptConfig:
 
 
 @dataclass
-class InferConfig:
+class InferConfig(RunConfig):
     """``mlof infer``: flow for consecutive pairs of frames, a folder, a video or a dataset."""
 
     name: str = "infer"
-    out_dir: str = "runs"
-    seed: int = 0
-    device: str = "auto"
     model: ModelConfig = field(default_factory=lambda: ModelConfig(name=None, checkpoint="default"))
     input: Any = None
     data: Optional[DataConfig] = None

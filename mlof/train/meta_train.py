@@ -12,7 +12,7 @@ from typing import Any, Dict, Iterable
 
 import torch
 
-from mlof.train.config import ConfigError, DataConfig, LogConfig, ModelConfig
+from mlof.train.config import ConfigError, DataConfig, LogConfig, ModelConfig, RunConfig
 from mlof.train.distributed import DistContext, reduce_metrics, sync_gradients
 from mlof.train.engine import StepOutput
 from mlof.train.sampling import StepPlan, step_loader
@@ -39,13 +39,10 @@ class MetaConfig:
 
 
 @dataclass
-class MetaTrainConfig:
+class MetaTrainConfig(RunConfig):
     """``mlof meta-train``: learn theta_ml from theta_0 (``model.checkpoint``) on target-domain tasks."""
 
     name: str = "meta_train"
-    out_dir: str = "runs"
-    seed: int = 0
-    device: str = "auto"
     model: ModelConfig = field(default_factory=lambda: ModelConfig(name=None))
     data: DataConfig = field(default_factory=DataConfig)   # options merge key by key: keep defaults empty
     steps: int = 20

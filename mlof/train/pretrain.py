@@ -13,7 +13,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from mlof.train.config import ConfigError, DataConfig, LogConfig, ModelConfig
+from mlof.train.config import ConfigError, DataConfig, LogConfig, ModelConfig, RunConfig
 from mlof.train.distributed import DistContext, reduce_metrics, sync_gradients
 from mlof.train.engine import StepOutput
 from mlof.train.sampling import StepPlan, step_loader
@@ -37,13 +37,10 @@ class OptimConfig:
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(RunConfig):
     """``mlof pretrain``: supervised training on a flow dataset (defaults: raft_small on synthetic source)."""
 
     name: str = "pretrain"
-    out_dir: str = "runs"
-    seed: int = 0
-    device: str = "auto"
     model: ModelConfig = field(default_factory=lambda: ModelConfig(name="raft_small"))
     data: DataConfig = field(default_factory=DataConfig)   # options merge key by key: keep defaults empty
     steps: int = 100
