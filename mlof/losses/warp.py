@@ -4,19 +4,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from backbones.layers.grid import coords_grid  # the one pixel-grid helper, shared with the networks
+
 from .common import LossInputError, check_flow
 
 __all__ = ["coords_grid", "warp", "in_frame_mask"]
 
 _PADDING = ("border", "zeros", "reflection")
-
-
-def coords_grid(n: int, h: int, w: int, device: torch.device | None = None,
-                dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Pixel coordinates N x 2 x H x W (channel 0 = x in 0..W-1, channel 1 = y in 0..H-1)."""
-    ys, xs = torch.meshgrid(torch.arange(h, device=device, dtype=dtype),
-                            torch.arange(w, device=device, dtype=dtype), indexing="ij")
-    return torch.stack([xs, ys], dim=0)[None].expand(n, 2, h, w)
 
 
 def in_frame_mask(flow: torch.Tensor) -> torch.Tensor:
