@@ -1,6 +1,7 @@
 """What every network shares at its surface: the output record, input checks and padding."""
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -8,7 +9,50 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["FlowOutput", "validate_images", "InputPadder"]
+__all__ = ["FlowOutput", "validate_images", "InputPadder", "PRECISIONS", "check_precision", "precision_autocast",
+           "Capabilities"]
+
+# Reduced-precision autocast inside a network: "fp32" (none, exact), "bf16" (CPU and CUDA), "fp16" (CUDA only).
+PRECISIONS = ("fp32", "bf16", "fp16")
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_precision(precision: str) -> str:
+    """Return ``precision`` if it is one of :data:`PRECISIONS`, else raise a one-line ``ValueError``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
+
+
+def precision_autocast(precision: str, device: torch.device):
+    """The autocast context of ``precision`` on ``device`` (a null context for fp32).
+
+    fp16 needs CUDA: on another device it raises ``ValueError`` (CPU fp16 convolutions are slow and
+    overflow-prone; use bf16 there).
+    """
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError(f"precision='fp16' needs a CUDA device, the input is on {device.type}; "
+                         f"use precision='bf16' on CPU")
+    return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[check_precision(precision)])
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backbone supports (``backbones.capabilities(name)``).
+
+    iterations: takes ``iters`` (recurrent refinement); corr: correlation backends of the ``corr`` option
+    (empty: no switch); precisions: accepted ``precision`` values; memory: memory-plan features it honours
+    (``checkpoint_iterations``, ``checkpoint_encoder``, ``attention_chunk``); bidirectional: one call gives
+    both directions (``bidirectional=True``).
+    """
+
+    iterations: bool = False
+    corr: tuple[str, ...] = ()
+    precisions: tuple[str, ...] = ("fp32",)
+    memory: tuple[str, ...] = ()
+    bidirectional: bool = False
 
 
 @dataclass

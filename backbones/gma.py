@@ -5,6 +5,7 @@ are aggregated with it (``update_block.aggregator``) and fed to the GRU beside t
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -25,12 +26,20 @@ class GMA(RAFTBase):
 
     Extra options (official switches): ``num_heads`` (1), ``position_only``, ``position_and_content``
     (relative position logits; they cover feature maps up to 160 x 160, i.e. inputs up to 1280 px per side).
-    Memory: the attention matrix is N x heads x (HW/64)^2 floats (4.2 GB for a 1080x1920 frame).
+    Memory: the attention matrix is N x heads x (HW/64)^2 floats (4.2 GB for a 1080x1920 frame);
+    ``attention_chunk=R`` (or a memory plan) computes it R query rows at a time and never stores it.
     """
 
+    capabilities = replace(RAFTBase.capabilities, memory=RAFTBase.capabilities.memory + ("attention_chunk",))
+    memory_family = "gma"
+
     def __init__(self, *, num_heads: int = 1, position_only: bool = False, position_and_content: bool = False,
-                 **options: Any):
+                 attention_chunk: int = 0, **options: Any):
         super().__init__(**options)
+        if isinstance(attention_chunk, bool) or not isinstance(attention_chunk, int) or attention_chunk < 0:
+            raise ValueError(f"attention_chunk must be an int >= 0 (query rows per chunk, 0: whole matrix), "
+                             f"got {attention_chunk!r}")
+        self.attention_chunk = attention_chunk
         if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
             raise ValueError(f"num_heads must be a positive integer, got {num_heads!r}")
         self.num_heads = num_heads
@@ -50,8 +59,11 @@ class GMA(RAFTBase):
     def encode_context(self, x1: torch.Tensor) -> Context:
         ctx = super().encode_context(x1)
         with self._autocast(x1.device):
-            ctx.extras["attention"] = self.att(ctx.inp)
+            ctx.extras["attention"] = self.att(ctx.inp, chunk_rows=self._plan.attention_chunk)
         return ctx
+
+    def _has_global_attention(self) -> bool:
+        return True
 
     def update_step(self, ctx: Context, net: torch.Tensor, corr: torch.Tensor, flow: torch.Tensor, itr: int,
                     compute_mask: bool):

@@ -208,6 +208,8 @@ class KPAFlow(RAFTBase):
     ``mixed_precision``, ``corr_memory_budget``).
     """
 
+    memory_family = "kpaflow"
+
     def __init__(self, *, dataset: str = "sintel", **options: Any):
         super().__init__(**options)
         if dataset not in KPA_WINDOW:

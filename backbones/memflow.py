@@ -49,6 +49,8 @@ class MemFlow(RAFTBase):
     ``corr_memory_budget``).
     """
 
+    memory_family = "memflow"
+
     def __init__(self, *, decoder_depth: int = 15, train_avg_length: float = TRAIN_AVG_LENGTH["things"],
                  memory_frames: int = 2, memory_keep: int = 1, **options: Any):
         super().__init__(**options)
@@ -127,7 +129,7 @@ class MemFlow(RAFTBase):
         padder = InputPadder(image1.shape, divisor=self.factor, mode=self.padding)
         dtype = next(self.parameters()).dtype
         im1, im2 = padder.pad_tensors(image1.to(dtype), image2.to(dtype))
-        x1, x2 = self.normalize(im1).contiguous(), self.normalize(im2).contiguous()
+        x1, x2 = self._prepare(im1), self._prepare(im2)
         fmap1, fmap2 = self.encode_features(x1, x2)
         return self._pair(x1, fmap1, fmap2, padder, memory, iters, flow_init, return_all, remember)
 
@@ -153,11 +155,11 @@ class MemFlow(RAFTBase):
         clip = clip.to(next(self.parameters()).dtype)
         padder = InputPadder(clip.shape, divisor=self.factor, mode=self.padding)
         outputs = []
-        x_next = self.normalize(padder.pad_tensors(clip[:, 0])[0]).contiguous()
+        x_next = self._prepare(padder.pad_tensors(clip[:, 0])[0])
         f_next = self._features(x_next)
         for i in range(t - 1):
             x1, fmap1 = x_next, f_next
-            x_next = self.normalize(padder.pad_tensors(clip[:, i + 1])[0]).contiguous()
+            x_next = self._prepare(padder.pad_tensors(clip[:, i + 1])[0])
             f_next = self._features(x_next)
             outputs.append(self._pair(x1, fmap1, f_next, padder, memory, iters, None, return_all, True))
         return outputs
@@ -178,6 +180,8 @@ class MemFlow(RAFTBase):
         n, _, h, w = x1.shape
         low_shape = (n, 2, h // self.factor, w // self.factor)
         self._check_flow_init("flow_init", flow_init, low_shape)
+        grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+        self._apply_plan(self.memory_plan(h, w, n, iters, False, grad, x1.device), (n, h, w))
         coords0 = coords_grid(n, *low_shape[-2:], device=x1.device)
         coords1 = coords0 if flow_init is None else coords0 + flow_init.float()
         keep_all = self.training or return_all

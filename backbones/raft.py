@@ -18,6 +18,7 @@ every iteration).
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,17 +26,22 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from backbones.base import FlowOutput, InputPadder, validate_images
-from backbones.layers.corr import CORR_KINDS, DEFAULT_MEMORY_BUDGET, build_corr
+from backbones.base import (PRECISIONS, Capabilities, FlowOutput, InputPadder, check_precision, precision_autocast,
+                            validate_images)
+from backbones.layers.corr import CORR_KINDS, DEFAULT_MEMORY_BUDGET, build_corr, dense_corr_bytes
 from backbones.layers.encoders import BasicEncoder, SmallEncoder
 from backbones.layers.grid import coords_grid
 from backbones.layers.update import BasicUpdateBlock, SmallUpdateBlock
 from backbones.layers.upsample import convex_upsample, upsample_flow
+from backbones.memory_plan import CallShape, MemoryPlan, default_memory_budget, parse_bytes, plan_memory
 from backbones.registry import register
 
 __all__ = ["Context", "RAFTBase", "RAFT", "RAFTSmall", "PADDING_MODES"]
 
 PADDING_MODES = ("sintel", "kitti")
+MEMORY_SAVERS = ("checkpoint_iterations", "checkpoint_encoder")
+
+log = logging.getLogger("mlof.memory")
 
 
 @dataclass
@@ -55,7 +61,14 @@ class Context:
         """Concatenate along the batch axis (extras must be batch-first tensors)."""
         first = contexts[0]
         return Context(torch.cat([c.net for c in contexts]), torch.cat([c.inp for c in contexts]),
-                       {k: torch.cat([c.extras[k] for c in contexts]) for k in first.extras})
+                       {k: _cat_extra([c.extras[k] for c in contexts]) for k in first.extras})
+
+
+def _cat_extra(values: list[Any]) -> Any:
+    """Batch-concatenate one extra: tensors, or objects with a ``cat`` (GMA's chunked attention)."""
+    if isinstance(values[0], torch.Tensor):
+        return torch.cat(values)
+    return type(values[0]).cat(values)
 
 
 class RAFTBase(nn.Module):
@@ -70,10 +83,26 @@ class RAFTBase(nn.Module):
         dropout: Dropout2d probability on the encoder outputs (training only).
         mixed_precision: run encoders and update block under CUDA autocast (as official ``--mixed_precision``;
               a no-op on CPU, as official). Correlation always runs in float32.
-        grad_checkpointing: in training with gradients, recompute each iteration (lookup, update, upsampling)
-              during backward instead of storing its activations: training memory no longer grows with
-              ``iters`` (about a third more compute). Hooks must then be free of side effects.
+        precision: "fp32" (default, exact) | "bf16" (CPU and CUDA) | "fp16" (CUDA only; ValueError on another
+              device): autocast over the encoders, attention and update blocks. Correlation, coordinates, the
+              GRU state, flow updates and upsampling weights stay float32; outputs are float32.
+        channels_last: run the convolutions on channels-last tensors (None: with reduced precision on CUDA;
+              on CPU the whole network measured slower channels-last, so off there).
+        grad_checkpointing: with gradients, recompute each iteration (lookup, update, upsampling) during
+              backward instead of storing its activations: memory no longer grows with ``iters`` (about a third
+              more compute), in any train/eval mode. Hooks must then be free of side effects.
+        checkpoint_encoder: with gradients, recompute each encoder block during backward (BatchNorm-safe).
+        memory_budget: None (default: the savers above as set) | bytes | "8GB" | "auto" (a share of the
+              available memory): choose correlation, checkpointing and attention chunking per call so that
+              the call fits (``backbones.memory_plan``); the plan is logged (logger ``mlof.memory``) and kept
+              in ``last_memory_plan``. Plans never change results beyond float rounding.
     """
+
+    # What the family supports (``backbones.capabilities``); subclasses extend ``memory``.
+    capabilities = Capabilities(iterations=True, corr=CORR_KINDS, precisions=PRECISIONS,
+                                memory=("memory_budget",) + MEMORY_SAVERS, bidirectional=True)
+    memory_family = "raft"      # key of the per-iteration estimate in backbones.memory_plan
+    encoder_kind = "basic"
 
     hidden_dim = 128
     context_dim = 128
@@ -87,7 +116,9 @@ class RAFTBase(nn.Module):
 
     def __init__(self, *, corr: str = "auto", padding: str = "sintel", freeze_bn: bool = False,
                  dropout: float = 0.0, mixed_precision: bool = False,
-                 corr_memory_budget: int = DEFAULT_MEMORY_BUDGET, grad_checkpointing: bool = False):
+                 corr_memory_budget: int = DEFAULT_MEMORY_BUDGET, grad_checkpointing: bool = False,
+                 precision: str = "fp32", channels_last: bool | None = None, checkpoint_encoder: bool = False,
+                 memory_budget: int | float | str | None = None):
         super().__init__()
         if corr not in CORR_KINDS:
             raise ValueError(f"corr must be one of {', '.join(CORR_KINDS)}, got {corr!r}")
@@ -103,7 +134,28 @@ class RAFTBase(nn.Module):
         self.mixed_precision = bool(mixed_precision)
         self.corr_memory_budget = int(corr_memory_budget)
         self.grad_checkpointing = bool(grad_checkpointing)
+        self.checkpoint_encoder = bool(checkpoint_encoder)
+        self.precision = check_precision(precision)
+        if channels_last is not None and not isinstance(channels_last, bool):
+            raise ValueError(f"channels_last must be True, False or None, got {channels_last!r}")
+        self.channels_last = channels_last
+        self.memory_budget = memory_budget
+        self.last_memory_plan: MemoryPlan | None = None
+        self._plan = MemoryPlan(corr=corr)
+        self._logged_plans: set = set()
         self._freeze_bn = bool(freeze_bn)
+
+    @property
+    def memory_budget(self) -> int | str | None:
+        """None (savers as set), a byte count, or "auto" (a share of the memory available at call time)."""
+        return self._memory_budget
+
+    @memory_budget.setter
+    def memory_budget(self, value: int | float | str | None) -> None:
+        if value is None or value == "auto":
+            self._memory_budget = value
+        else:
+            self._memory_budget = parse_bytes(value, "memory_budget")
 
     # ----------------------------------------------------------------------------------------------- options
     @property
@@ -130,9 +182,57 @@ class RAFTBase(nn.Module):
         return {"feature_encoder": ["fnet"], "context_encoder": ["cnet"], "update_block": ["update_block"]}
 
     def _autocast(self, device: torch.device):
+        if self.precision != "fp32":
+            return precision_autocast(self.precision, device)
         if self.mixed_precision and device.type == "cuda":
             return torch.autocast(device_type="cuda")
         return contextlib.nullcontext()
+
+    def uses_channels_last(self, device: torch.device) -> bool:
+        """Whether convolutions run channels-last on ``device``: as set, or (None) for reduced precision on
+        CUDA only -- on CPU the whole network measured slower channels-last (docs/performance.md)."""
+        if self.channels_last is None:
+            return self.precision != "fp32" and device.type == "cuda"
+        return self.channels_last
+
+    # ------------------------------------------------------------------------------------------- memory plan
+    def _call_shape(self, h: int, w: int, n: int, iters: int, bidirectional: bool, grad: bool) -> CallShape:
+        return CallShape(family=self.memory_family, encoder=self.encoder_kind, height=h, width=w,
+                         batch=2 * n if bidirectional else n, images=2 * n, iters=iters, grad=grad,
+                         attention=self._has_global_attention(), heads=getattr(self, "num_heads", 1))
+
+    def _has_global_attention(self) -> bool:
+        return False
+
+    def memory_plan(self, h: int, w: int, n: int = 1, iters: int = 12, bidirectional: bool = False,
+                    grad: bool = False, device: torch.device | str = "cpu") -> MemoryPlan:
+        """The plan a call on padded N x 3 x h x w inputs would use (see ``memory_budget``)."""
+        if self.memory_budget is None:
+            return MemoryPlan(corr=self.corr, checkpoint_iterations=self.grad_checkpointing,
+                              checkpoint_encoder=self.checkpoint_encoder,
+                              attention_chunk=int(getattr(self, "attention_chunk", 0)))
+        budget = default_memory_budget(device) if self.memory_budget == "auto" else int(self.memory_budget)
+        shape = self._call_shape(h, w, n, iters, bidirectional, grad)
+        fmap_shape = (shape.batch, 1, h // self.factor, w // self.factor)
+        plan = plan_memory(shape, budget, dense_corr_bytes(fmap_shape, self.corr_levels), self.corr)
+        if self.grad_checkpointing:  # explicit options only add savers
+            plan = _with(plan, checkpoint_iterations=True)
+        if self.checkpoint_encoder:
+            plan = _with(plan, checkpoint_encoder=True)
+        return plan
+
+    def _apply_plan(self, plan: MemoryPlan, shape_key: tuple) -> None:
+        self._plan = plan
+        for encoder in (self.fnet, self.cnet):
+            if hasattr(encoder, "checkpoint_blocks"):
+                encoder.checkpoint_blocks = plan.checkpoint_encoder
+        if self.memory_budget is not None:
+            self.last_memory_plan = plan
+            key = (shape_key, plan.corr, plan.checkpoint_iterations, plan.checkpoint_encoder, plan.attention_chunk)
+            if key not in self._logged_plans:
+                self._logged_plans.add(key)
+                log.info("%s memory plan for %s: %s", type(self).__name__, "x".join(map(str, shape_key)),
+                         plan.describe())
 
     # ------------------------------------------------------------------------------------------------- hooks
     @staticmethod
@@ -150,10 +250,11 @@ class RAFTBase(nn.Module):
         """Normalised image N x 3 x H x W -> Context (GRU state tanh, context features relu)."""
         with self._autocast(x1.device):
             net, inp = torch.split(self.cnet(x1), [self.hidden_dim, self.context_dim], dim=1)
-            return Context(torch.tanh(net), torch.relu(inp))
+            # the GRU state is kept in float32 (a no-op in fp32): it accumulates over the iterations
+            return Context(torch.tanh(net).float(), torch.relu(inp))
 
     def make_corr(self, fmap1: torch.Tensor, fmap2: torch.Tensor):
-        return build_corr(self.corr, fmap1, fmap2, num_levels=self.corr_levels, radius=self.corr_radius,
+        return build_corr(self._plan.corr, fmap1, fmap2, num_levels=self.corr_levels, radius=self.corr_radius,
                           memory_budget=self.corr_memory_budget)
 
     def update_step(self, ctx: Context, net: torch.Tensor, corr: torch.Tensor, flow: torch.Tensor, itr: int,
@@ -176,7 +277,7 @@ class RAFTBase(nn.Module):
         net = ctx.net
         flows: list[torch.Tensor] = []
         flow_up = None
-        checkpointed = self.grad_checkpointing and self.training and torch.is_grad_enabled()
+        checkpointed = self._plan.checkpoint_iterations and torch.is_grad_enabled()
         for itr in range(iters):
             need_up = keep_all or itr == iters - 1
             args = (ctx, corr_fn, coords0, coords1.detach(), net, itr, need_up)  # official: lookups detached
@@ -195,11 +296,21 @@ class RAFTBase(nn.Module):
         """Lookup, GRU update and (if ``need_up``) upsampling: -> (GRU state, new coords1, full-res flow)."""
         corr = corr_fn(coords1)
         net, mask, delta_flow = self.update_step(ctx, net, corr, coords1 - coords0, itr, need_up)
-        coords1 = coords1 + delta_flow
+        # under autocast: coordinates and the GRU state stay float32 (no-ops in fp32)
+        coords1 = coords1 + delta_flow.float()
+        net = net.float()
         return net, coords1, (self.upsample(coords1 - coords0, mask) if need_up else None)
+
+    def _prepare(self, im: torch.Tensor) -> torch.Tensor:
+        """Padded image -> normalised network input (channels-last when that layout is in use)."""
+        fmt = torch.channels_last if self.uses_channels_last(im.device) else torch.contiguous_format
+        return self.normalize(im).contiguous(memory_format=fmt)
 
     def _check_call(self, image1: torch.Tensor, image2: torch.Tensor, iters: int) -> None:
         validate_images(image1, image2, min_size=self.min_input_size)
+        if self.precision == "fp16" and image1.device.type != "cuda":
+            raise ValueError(f"precision='fp16' needs a CUDA device, the input is on {image1.device.type}; "
+                             f"use precision='bf16' on CPU")
         if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
             raise ValueError(f"iters must be a positive integer, got {iters!r}")
 
@@ -234,7 +345,9 @@ class RAFTBase(nn.Module):
         self._check_flow_init("flow_init", flow_init, low_shape)
         self._check_flow_init("flow_init_bw", flow_init_bw, low_shape)
 
-        x1, x2 = self.normalize(im1).contiguous(), self.normalize(im2).contiguous()
+        x1, x2 = self._prepare(im1), self._prepare(im2)
+        grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+        self._apply_plan(self.memory_plan(h, w, n, iters, bidirectional, grad, im1.device), (n, h, w))
         fmap1, fmap2 = self.encode_features(x1, x2)
         ctx = self.encode_context(x1)
         inits = [flow_init]
@@ -268,6 +381,11 @@ class RAFTBase(nn.Module):
         return self.forward(image1, image2, bidirectional=True, **kwargs)
 
 
+def _with(plan: MemoryPlan, **changes: Any) -> MemoryPlan:
+    from dataclasses import replace
+    return replace(plan, **changes)
+
+
 @register("raft")
 class RAFT(RAFTBase):
     """RAFT: BasicEncoder features (256, instance norm) and context (128 + 128, batch norm), 4-level all-pairs
@@ -291,6 +409,8 @@ class RAFTSmall(RAFTBase):
     hidden_dim = 96
     context_dim = 64
     corr_radius = 3
+    memory_family = "raft_small"
+    encoder_kind = "small"
 
     def __init__(self, **options: Any):
         super().__init__(**options)

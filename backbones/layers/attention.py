@@ -8,7 +8,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["RelPosEmb", "Attention", "Aggregate"]
+from backbones.layers.checkpointing import checkpoint_call
+
+__all__ = ["RelPosEmb", "Attention", "Aggregate", "ChunkedAttention"]
 
 
 class RelPosEmb(nn.Module):
@@ -25,12 +27,15 @@ class RelPosEmb(nn.Module):
         deltas = torch.arange(max_pos_size).view(1, -1) - torch.arange(max_pos_size).view(-1, 1)
         self.register_buffer("rel_ind", deltas + max_pos_size - 1)
 
-    def forward(self, q: torch.Tensor) -> torch.Tensor:
-        _, _, h, w, _ = q.shape
+    def forward(self, q: torch.Tensor, row_start: int = 0, key_height: int | None = None) -> torch.Tensor:
+        """q: B x heads x rows x w x d, the query rows ``row_start ..`` of a ``key_height`` x w map (default:
+        all rows) -> B x heads x rows x w x key_height x w."""
+        _, _, rows, w, _ = q.shape
+        h = rows if key_height is None else key_height
         if h > self.max_pos_size or w > self.max_pos_size:
             raise ValueError(f"relative position embedding covers at most {self.max_pos_size} positions per "
                              f"side, got a {h}x{w} feature map (input larger than {8 * self.max_pos_size} px)")
-        emb_h = self.rel_height(self.rel_ind[:h, :h])        # h x h x d   [x, u]
+        emb_h = self.rel_height(self.rel_ind[row_start:row_start + rows, :h])   # rows x h x d   [x, u]
         emb_w = self.rel_width(self.rel_ind[:w, :w])         # w x w x d   [y, v]
         score_h = torch.einsum("bnxyd,xud->bnxyu", q, emb_h)
         score_w = torch.einsum("bnxyd,yvd->bnxyv", q, emb_w)
@@ -56,12 +61,16 @@ class Attention(nn.Module):
         self.to_qk = nn.Conv2d(dim, heads * dim_head * 2, 1, bias=False)
         self.pos_emb = RelPosEmb(max_pos_size, dim_head)
 
-    def forward(self, fmap: torch.Tensor) -> torch.Tensor:
+    def forward(self, fmap: torch.Tensor, chunk_rows: int = 0) -> "torch.Tensor | ChunkedAttention":
+        """chunk_rows > 0: return a :class:`ChunkedAttention` that ``Aggregate`` applies row chunk by row
+        chunk, recomputing instead of storing the matrix (same values up to float rounding)."""
         b, _, h, w = fmap.shape
         q, k = self.to_qk(fmap).chunk(2, dim=1)
         # B x (heads*d) x h x w -> B x heads x h x w x d
-        q, k = (t.view(b, self.heads, -1, h, w).permute(0, 1, 3, 4, 2) for t in (q, k))
+        q, k = (t.reshape(b, self.heads, -1, h, w).permute(0, 1, 3, 4, 2) for t in (q, k))
         q = self.scale * q
+        if chunk_rows > 0:
+            return ChunkedAttention(self, q, k, int(chunk_rows))
         if self.position_only:
             sim = self.pos_emb(q).reshape(b, self.heads, h * w, h * w)
         else:
@@ -69,6 +78,48 @@ class Attention(nn.Module):
             if self.position_and_content:
                 sim = sim + self.pos_emb(q).reshape(b, self.heads, h * w, h * w)
         return sim.softmax(dim=-1)
+
+
+class ChunkedAttention:
+    """GMA attention kept as its factors (scaled queries and keys, B x heads x h x w x d).
+
+    ``apply(v)`` (v: B x heads x hw x d) returns ``softmax(logits) @ v`` computed for ``rows`` query rows at a
+    time, each chunk checkpointed: the (hw)^2 matrix never exists, neither in the forward pass nor in backward
+    (the chunk's logits are recomputed there). Memory: B x heads x rows*w x hw floats per chunk.
+    """
+
+    def __init__(self, attention: Attention, q: torch.Tensor, k: torch.Tensor, rows: int):
+        self.attention, self.q, self.k, self.rows = attention, q, k, rows
+
+    @staticmethod
+    def cat(items: list["ChunkedAttention"]) -> "ChunkedAttention":
+        """Concatenate along the batch axis (both directions of one call)."""
+        first = items[0]
+        return ChunkedAttention(first.attention, torch.cat([a.q for a in items]), torch.cat([a.k for a in items]),
+                                first.rows)
+
+    def _chunk(self, q_rows: torch.Tensor, k: torch.Tensor, v: torch.Tensor, row_start: int) -> torch.Tensor:
+        att = self.attention
+        b, heads, rows, w, d = q_rows.shape
+        h = k.shape[2]
+        if att.position_only:
+            sim = att.pos_emb(q_rows, row_start, h).reshape(b, heads, rows * w, h * w)
+        else:
+            sim = q_rows.reshape(b, heads, rows * w, d) @ k.reshape(b, heads, h * w, d).transpose(-1, -2)
+            if att.position_and_content:
+                sim = sim + att.pos_emb(q_rows, row_start, h).reshape(b, heads, rows * w, h * w)
+        return sim.softmax(dim=-1) @ v
+
+    def apply(self, v: torch.Tensor) -> torch.Tensor:
+        h = self.q.shape[2]
+        outs = []
+        for r0 in range(0, h, self.rows):
+            q_rows = self.q[:, :, r0:r0 + self.rows]
+            if torch.is_grad_enabled():
+                outs.append(checkpoint_call(self._chunk, q_rows, self.k, v, r0))
+            else:
+                outs.append(self._chunk(q_rows, self.k, v, r0))
+        return torch.cat(outs, dim=2)   # B x heads x hw x d (query rows in order)
 
 
 class Aggregate(nn.Module):
@@ -85,10 +136,11 @@ class Aggregate(nn.Module):
         self.gamma = nn.Parameter(torch.zeros(1))
         self.project = nn.Conv2d(inner, dim, 1, bias=False) if dim != inner else None
 
-    def forward(self, attn: torch.Tensor, fmap: torch.Tensor) -> torch.Tensor:
+    def forward(self, attn: "torch.Tensor | ChunkedAttention", fmap: torch.Tensor) -> torch.Tensor:
         b, _, h, w = fmap.shape
-        v = self.to_v(fmap).view(b, self.heads, -1, h * w).transpose(-1, -2)    # B x heads x hw x d
-        out = (attn @ v).transpose(-1, -2).reshape(b, -1, h, w)                  # B x (heads*d) x h x w
+        v = self.to_v(fmap).reshape(b, self.heads, -1, h * w).transpose(-1, -2)  # B x heads x hw x d
+        mixed = attn.apply(v) if isinstance(attn, ChunkedAttention) else attn @ v
+        out = mixed.transpose(-1, -2).reshape(b, -1, h, w)                       # B x (heads*d) x h x w
         if self.project is not None:
             out = self.project(out)
         return fmap + self.gamma * out

@@ -11,6 +11,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from backbones.layers.checkpointing import checkpoint_call
+
 __all__ = ["NORM_FNS", "make_norm", "ResidualBlock", "BottleneckBlock", "BasicEncoder", "SmallEncoder"]
 
 NORM_FNS = ("group", "batch", "instance", "none")
@@ -89,7 +91,11 @@ class _Encoder(nn.Module):
 
     ``forward`` takes one batch N x 3 x H x W, or a list/tuple of batches that are encoded together (one pass
     over the concatenation) and returned as a tuple of N x output_dim x H/8 x W/8 tensors.
+    ``checkpoint_blocks``: with autograd on, recompute the stem and each residual block during backward
+    instead of storing their activations (set by the network's memory plan; exact, BatchNorm-safe).
     """
+
+    checkpoint_blocks: bool = False
 
     block: type[nn.Module]
     widths: tuple[int, int, int, int]  # stem width, stage widths
@@ -135,13 +141,20 @@ class _Encoder(nn.Module):
                 if m.bias is not None:
                     nn.init.constant_(m.bias, 0)
 
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu1(self.norm1(self.conv1(x)))
+
     def forward(self, x: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor | tuple[torch.Tensor, ...]:
         is_list = isinstance(x, (list, tuple))
         if is_list:
             sizes = [t.shape[0] for t in x]
             x = torch.cat(list(x), dim=0)
-        x = self.relu1(self.norm1(self.conv1(x)))
-        x = self.layer3(self.layer2(self.layer1(x)))
+        if self.checkpoint_blocks and torch.is_grad_enabled():
+            x = checkpoint_call(self._stem, x, owner=self.norm1)
+            for block in (*self.layer1, *self.layer2, *self.layer3):
+                x = checkpoint_call(block, x)
+        else:
+            x = self.layer3(self.layer2(self.layer1(self._stem(x))))
         x = self.conv2(x)
         if self.dropout is not None:
             x = self.dropout(x)  # identity in eval mode
