@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["FlowOutput", "validate_images", "InputPadder", "PRECISIONS", "check_precision", "precision_autocast",
-           "Capabilities"]
+           "Capabilities", "as_float32"]
 
 # Reduced-precision autocast inside a network: "fp32" (none, exact), "bf16" (CPU and CUDA), "fp16" (CUDA only).
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -36,6 +36,20 @@ def precision_autocast(precision: str, device: torch.device):
         raise ValueError(f"precision='fp16' needs a CUDA device, the input is on {device.type}; "
                          f"use precision='bf16' on CPU")
     return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[check_precision(precision)])
+
+
+def as_float32(value: Any) -> Any:
+    """Every floating tensor inside ``value`` (tensors, lists, tuples, dicts, FlowOutput) as float32."""
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, FlowOutput):
+        return FlowOutput(as_float32(value.flow), as_float32(value.flow_low), as_float32(value.flows),
+                          as_float32(value.extras))
+    if isinstance(value, (list, tuple)):
+        return type(value)(as_float32(v) for v in value)
+    if isinstance(value, dict):
+        return {k: as_float32(v) for k, v in value.items()}
+    return value
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from backbones.base import FlowOutput, InputPadder, validate_images
+from backbones.base import (PRECISIONS, Capabilities, FlowOutput, InputPadder, as_float32, check_precision,
+                            precision_autocast, validate_images)
 from backbones.layers.pwc import cost_volume, warp
 from backbones.registry import register
 
@@ -272,13 +273,16 @@ class LiteFlowNet2(nn.Module):
 
     loss_weights: dict[str, float] = dict(LOSS_WEIGHTS)
 
-    def __init__(self, config: str = "full"):
+    capabilities = Capabilities(iterations=False, precisions=PRECISIONS)
+
+    def __init__(self, config: str = "full", precision: str = "fp32"):
         super().__init__()
         key = _ALIASES.get(config, config)
         if key not in CONFIGS:
             raise ValueError(f"unknown liteflownet2 config {config!r}; choose one of "
                              f"{', '.join(list(CONFIGS) + list(_ALIASES))}")
         self.config = key
+        self.precision = check_precision(precision)
         spec = CONFIGS[key]
         self.full_res_loss = spec["full_res_loss"]
         self.encoder = NetC()
@@ -320,7 +324,14 @@ class LiteFlowNet2(nn.Module):
 
     def forward(self, image1: torch.Tensor, image2: torch.Tensor, iters: int = 12,
                 flow_init: torch.Tensor | None = None, return_all: bool = False) -> FlowOutput:
+        """Flow image1 -> image2 (N x 3 x H x W, 0..255); ``iters`` is ignored. Under ``precision`` bf16/fp16
+        the convolutions autocast, the cost volumes stay float32 and every output is float32."""
         validate_images(image1, image2)
+        with precision_autocast(self.precision, image1.device):
+            return as_float32(self._forward(image1, image2, flow_init, return_all))
+
+    def _forward(self, image1: torch.Tensor, image2: torch.Tensor, flow_init: torch.Tensor | None,
+                 return_all: bool) -> FlowOutput:
         if flow_init is not None:
             raise ValueError("liteflownet2 does not take flow_init (no warm start): pass flow_init=None")
         n = image1.shape[0]
@@ -374,7 +385,7 @@ class LiteFlowNet2(nn.Module):
 
 
 @register("liteflownet2")
-def build_liteflownet2(config: str = "full") -> LiteFlowNet2:
+def build_liteflownet2(config: str = "full", precision: str = "fp32") -> LiteFlowNet2:
     """``config``: "full" (default), "pre" (= "pre-M3S3R3", same architecture), "pre-M4S4R4", "pre-M5S5R5",
     "pre-M6S6R6", "pre-M6S6"."""
-    return LiteFlowNet2(config=config)
+    return LiteFlowNet2(config=config, precision=precision)

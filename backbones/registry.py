@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 __all__ = ["register", "available", "build", "load_weights", "param_groups", "count_parameters",
-           "CheckpointMismatchError"]
+           "CheckpointMismatchError", "capabilities"]
 
 # name -> module that registers it (imported on demand, so one broken network never hides the others)
 _MODULES = {
@@ -50,6 +50,20 @@ def _factory(name: str) -> Callable[..., nn.Module]:
     if name not in _REGISTRY:
         raise ValueError(f"backbone {name!r} is not registered by {_MODULES[name]}")
     return _REGISTRY[name]
+
+
+def capabilities(name: str):
+    """What network ``name`` supports: a ``backbones.base.Capabilities`` (iterations, correlation backends,
+    precisions, memory-plan options, native bidirectional calls)."""
+    from backbones.base import Capabilities
+
+    factory = _factory(name)
+    caps = getattr(factory, "capabilities", None)
+    if caps is None:  # a function factory: its return annotation names the class
+        cls = getattr(factory, "__annotations__", {}).get("return")
+        cls = getattr(importlib.import_module(factory.__module__), cls, None) if isinstance(cls, str) else cls
+        caps = getattr(cls, "capabilities", None)
+    return caps if isinstance(caps, Capabilities) else Capabilities()
 
 
 def available() -> list[str]:

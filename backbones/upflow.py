@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from backbones.base import FlowOutput, validate_images
+from backbones.base import (PRECISIONS, Capabilities, FlowOutput, as_float32, check_precision, precision_autocast,
+                            validate_images)
 from backbones.layers.grid import coords_grid
 from backbones.layers.pwc import cost_volume, resize_flow, warp
 from backbones.registry import register
@@ -198,9 +199,12 @@ class UPFlow(nn.Module):
     and UPFlow's hard warping mask turns such bits into visible flow differences.
     """
 
-    def __init__(self, bidirectional: bool = True) -> None:
+    capabilities = Capabilities(iterations=False, precisions=PRECISIONS, bidirectional=True)
+
+    def __init__(self, bidirectional: bool = True, precision: str = "fp32") -> None:
         super().__init__()
         self.bidirectional = bool(bidirectional)
+        self.precision = check_precision(precision)
         self.feature_pyramid_extractor = FeaturePyramid()
         num_ch_in = (2 * SEARCH_RANGE + 1) ** 2 + 32 + 2
         self.flow_estimators = DenseEstimator(num_ch_in, ESTIMATOR_CHANNELS)
@@ -257,7 +261,14 @@ class UPFlow(nn.Module):
 
     def forward(self, image1: torch.Tensor, image2: torch.Tensor, iters: int = 12,
                 flow_init: torch.Tensor | None = None, return_all: bool = False) -> FlowOutput:
+        """See the class docstring; under ``precision`` bf16/fp16 the convolutions autocast, the cost volumes
+        stay float32 and every output is float32."""
         validate_images(image1, image2)
+        with precision_autocast(self.precision, image1.device):
+            return as_float32(self._forward(image1, image2, flow_init, return_all))
+
+    def _forward(self, image1: torch.Tensor, image2: torch.Tensor, flow_init: torch.Tensor | None,
+                 return_all: bool) -> FlowOutput:
         if flow_init is not None:
             raise ValueError("upflow does not take flow_init (no warm start): pass flow_init=None")
         h, w = image1.shape[-2:]
@@ -289,6 +300,6 @@ class UPFlow(nn.Module):
 
 
 @register("upflow")
-def build_upflow(bidirectional: bool = True) -> UPFlow:
+def build_upflow(bidirectional: bool = True, precision: str = "fp32") -> UPFlow:
     """The official test.py configuration; ``bidirectional=False`` skips the backward flow."""
-    return UPFlow(bidirectional=bidirectional)
+    return UPFlow(bidirectional=bidirectional, precision=precision)

@@ -50,6 +50,8 @@ class AdaptSettings:
     keep: str = "best"                    # "best" state by the objective, or the "last" one
     bidirectional: bool = True
     net_options: dict = field(default_factory=dict)  # further keyword options for the network call
+    precision: str | None = None          # "fp32" | "bf16" | "fp16" (CUDA) autocast in the network; None: as built
+    memory_budget: Any = "auto"           # bytes, "8GB", "auto" (a share of available memory) or None (no plan)
 
     def __post_init__(self) -> None:
         if not isinstance(self.steps, int) or self.steps < 0:
@@ -69,6 +71,12 @@ class AdaptSettings:
             raise ValueError(f"keep must be 'best' or 'last', got {self.keep!r}")
         if self.iters is not None and (not isinstance(self.iters, int) or self.iters < 1):
             raise ValueError(f"iters must be an int >= 1, got {self.iters!r}")
+        if self.precision is not None:
+            from backbones.base import check_precision
+            check_precision(self.precision)
+        if self.memory_budget not in (None, "auto"):
+            from backbones.memory_plan import parse_bytes
+            parse_bytes(self.memory_budget, "memory_budget")
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> "AdaptSettings":
@@ -220,6 +228,9 @@ def adapt_pairs(model: nn.Module, pairs: list[tuple[torch.Tensor, torch.Tensor]]
             action = ROLLBACK_NONFINITE if not math.isfinite(max(per_pair)) else ROLLBACK_DIVERGED
         entry = {**(tag or {}), "step": k, "total": total, **terms, "lr": None, "grad_norm": None,
                  "guard": action, "time": time.perf_counter() - tic}
+        plan = getattr(model, "last_memory_plan", None)
+        if k == 0 and plan is not None:
+            entry["memory_plan"] = plan.describe()
         history.append(entry)
         state_step = k
         if Guard.is_rollback(action):
@@ -276,6 +287,12 @@ def working_copy(model: nn.Module, s: AdaptSettings,
         p.requires_grad_(n in chosen)
     if s.corr is not None and isinstance(getattr(work, "corr", None), str):
         work.corr = s.corr  # RAFT family: the correlation backend is a constructor option read at call time
+    if s.precision not in (None, "fp32") and not hasattr(work, "precision"):
+        raise ValueError(f"precision={s.precision!r}: {type(work).__name__} has no precision option")
+    if s.precision is not None and hasattr(work, "precision"):
+        work.precision = s.precision  # autocast inside the network: float32 weights (master) and loss
+    if hasattr(work, "memory_budget") and s.memory_budget is not None:
+        work.memory_budget = s.memory_budget  # the network picks its memory plan per call (logged)
     work.train(s.bn == "train")
     return work, names
 
