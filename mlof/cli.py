@@ -136,7 +136,8 @@ def _evaluate(cfg: Any, args: argparse.Namespace) -> int:
 def _bench(cfg: Any, args: argparse.Namespace) -> int:
     import torch
 
-    from mlof.bench import BenchConfig, bench, format_table
+    from mlof.bench import BenchConfig, bench, format_markdown
+    from mlof.utils import atomic_open
     from mlof.train.distributed import resolve_device
     from mlof.train.rundir import RunDir
 
@@ -147,12 +148,16 @@ def _bench(cfg: Any, args: argparse.Namespace) -> int:
     rows = bench(obj, device, progress=None if args.quiet else (lambda m: print(f"  measuring {m}", flush=True)))
     run = RunDir(obj.out_dir, obj.name)
     run.save_config(cfg)
-    info = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}
+    info = {"device": str(device), "torch": torch.__version__, "threads": obj.threads or torch.get_num_threads(),
+            "cpus": os.cpu_count(), "rows": rows}
     run.write_json("bench.json", info)
     run.write_metrics(info)
+    table = format_markdown(rows)
+    with atomic_open(run.path / "bench.md", "w") as f:
+        f.write(table + "\n")
     run.close()
-    print(format_table(rows))
-    _say(f"  json: {run.path / 'bench.json'}")
+    print(table)
+    _say(f"  json: {run.path / 'bench.json'}, markdown: {run.path / 'bench.md'}")
     return 0
 
 

@@ -160,6 +160,9 @@ def test_bench_models_synth(tmp_path, capsys):
     assert rc == 0
     rows = json.loads((tmp_path / "bench" / "bench.json").read_text())["rows"]
     assert rows[0]["backbone"] == "raft_small" and rows[0]["seconds"] > 0
+    # absolute peak resident memory of a fresh process: at least the interpreter, torch and the model
+    assert rows[0]["peak_rss_mb"] > 50 and rows[0]["peak_rss_mb"] >= rows[0]["baseline_rss_mb"]
+    assert "| raft_small | 64x64 |" in (tmp_path / "bench" / "bench.md").read_text()
     assert "raft_small" in capsys.readouterr().out
     assert main(["models", f"out_dir={tmp_path}", "names=[raft_small]"]) == 0
     assert "990,162" in capsys.readouterr().out                    # the official RAFT-small count
