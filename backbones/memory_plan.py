@@ -30,7 +30,7 @@ __all__ = ["MemoryPlan", "plan_memory", "default_memory_budget", "parse_bytes", 
 log = logging.getLogger("mlof.memory")
 
 # Share of the currently available memory a plan may use by default (the rest: caller, loss, allocator slack).
-DEFAULT_BUDGET_SHARE = 0.6
+DEFAULT_BUDGET_SHARE = 0.5
 
 # Calibrated bytes per input pixel (float32, one image), see docs/performance.md:
 _ENCODER_GRAD = {"basic": 1900.0, "small": 700.0}   # activations a BasicEncoder/SmallEncoder pass keeps for backward
@@ -39,7 +39,7 @@ _ENCODER_NOGRAD = {"basic": 200.0, "small": 80.0}  # transient peak of a pass wi
 # Bytes per 1/8-resolution pixel of one refinement iteration kept for backward (lookup, motion encoder, GRU,
 # heads); GMA and KPA add their aggregation.
 _ITERATION = {"raft": 18000.0, "raft_small": 6000.0, "gma": 24000.0, "kpaflow": 26000.0, "memflow": 24000.0}
-_FULL_RES_OUTPUT = 120.0   # bytes per input pixel per direction: upsampled flows, the loss's full-res terms
+_FULL_RES_OUTPUT = 300.0   # bytes per input pixel per direction: upsampled flows, the loss's full-res terms
 
 
 def parse_bytes(value: int | float | str, name: str = "memory_budget") -> int:

@@ -49,7 +49,8 @@ class BenchConfig(RunConfig):
     modes: List[str] = field(default_factory=lambda: ["inference", "adaptation"])
     iters: int = 12
     adapt_steps: int = 1
-    memory_budget: Optional[str] = None  # adaptation/training: None = mlof.adapt's default ("auto"), or "8GB"
+    memory_budget: Optional[str] = None  # adaptation/training: None = the default ("auto" in adaptation, no plan
+    #                                      in training), "8GB", or "plain" (no plan: the savers as built)
     repeats: int = 3
     warmup: int = 1
     batch: int = 1
@@ -135,7 +136,8 @@ def _case(model: torch.nn.Module, img1: torch.Tensor, img2: torch.Tensor, mode: 
                 return call_net(model, model, img1, img2, iters=iters)
         return fn
     if mode == "adaptation":
-        extra = {} if case.get("memory_budget") is None else {"memory_budget": case["memory_budget"]}
+        budget = case.get("memory_budget")
+        extra = {} if budget is None else {"memory_budget": None if budget == "plain" else budget}
 
         def fn() -> Any:
             result = mlof.adapt(model, (img1, img2), steps=case["adapt_steps"], iters=iters, **extra)
@@ -144,7 +146,7 @@ def _case(model: torch.nn.Module, img1: torch.Tensor, img2: torch.Tensor, mode: 
         return fn
     from mlof.losses.supervised import sequence_loss
 
-    if case.get("memory_budget") is not None and hasattr(model, "memory_budget"):
+    if case.get("memory_budget") not in (None, "plain") and hasattr(model, "memory_budget"):
         model.memory_budget = case["memory_budget"]
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)

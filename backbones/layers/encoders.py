@@ -141,6 +141,13 @@ class _Encoder(nn.Module):
                 if m.bias is not None:
                     nn.init.constant_(m.bias, 0)
 
+    def _checkpointed(self, x: torch.Tensor) -> torch.Tensor:
+        """Stem and residual blocks, each recomputed during backward (BatchNorm statistics kept exact)."""
+        x = checkpoint_call(self._stem, x, owner=self.norm1)
+        for block in (*self.layer1, *self.layer2, *self.layer3):
+            x = checkpoint_call(block, x)
+        return x
+
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.relu1(self.norm1(self.conv1(x)))
 
@@ -150,9 +157,12 @@ class _Encoder(nn.Module):
             sizes = [t.shape[0] for t in x]
             x = torch.cat(list(x), dim=0)
         if self.checkpoint_blocks and torch.is_grad_enabled():
-            x = checkpoint_call(self._stem, x, owner=self.norm1)
-            for block in (*self.layer1, *self.layer2, *self.layer3):
-                x = checkpoint_call(block, x)
+            # Per-sample normalisation (instance/group/none, or batch norm in eval mode) lets the samples go
+            # through one at a time: the recomputation peak of a block is then one image's, not the batch's.
+            per_sample = self.norm_fn != "batch" or not self.training
+            parts = x.split(1) if per_sample and x.shape[0] > 1 else (x,)
+            x = torch.cat([self._checkpointed(part) for part in parts]) if len(parts) > 1 else \
+                self._checkpointed(x)
         else:
             x = self.layer3(self.layer2(self.layer1(self._stem(x))))
         x = self.conv2(x)
