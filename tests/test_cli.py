@@ -156,9 +156,14 @@ def test_evaluate_follows_the_protocol(tmp_path, tree, pretrained, capsys):
 
 def test_bench_models_synth(tmp_path, capsys):
     rc = main(["bench", *QUIET, f"out_dir={tmp_path}", "backbones=[raft_small]", "sizes=[[64,64]]",
-               "modes=[inference]", "repeats=1", "warmup=0", "iters=1", "device=cpu"])
+               "modes=[inference,training]", "precision=[fp32,fp16]", "repeats=1", "warmup=0", "iters=1",
+               "device=cpu"])
     assert rc == 0
     rows = json.loads((tmp_path / "bench" / "bench.json").read_text())["rows"]
+    assert [(r["mode"], r["precision"]) for r in rows] == [("inference", "fp32"), ("training", "fp32"),
+                                                             ("inference", "fp16"), ("training", "fp16")]
+    assert rows[1]["seconds"] > 0 and "error" not in rows[1]
+    assert "CUDA" in rows[2]["error"]                              # fp16 is refused on CPU, with the reason
     assert rows[0]["backbone"] == "raft_small" and rows[0]["seconds"] > 0
     # absolute peak resident memory of a fresh process: at least the interpreter, torch and the model
     assert rows[0]["peak_rss_mb"] > 50 and rows[0]["peak_rss_mb"] >= rows[0]["baseline_rss_mb"]
