@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap  # noqa: F401
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 

@@ -108,9 +108,7 @@ def run_fetch(cfg: Any, progress: bool = True) -> int:
         raise ValueError(f"retries must be >= 0, got {cfg.retries}")
     for e in entries:
         try:
-            path = fetch(e, force=cfg.force, progress=progress, retries=cfg.retries,
-                         log=lambda msg: print(msg, flush=True))
-        except DownloadInterruptedError as err:
+            fetch(e, force=cfg.force, progress=progress, retries=cfg.retries, log=lambda msg: print(msg, flush=True))
+        except DownloadInterruptedError as err:  # a user-facing one-line error (exit 2); the .part is kept
             raise ValueError(str(err)) from err
-        del path
     return 0

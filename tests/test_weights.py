@@ -323,3 +323,13 @@ def test_cli_fetch_offline_exit_2_with_path(home, monkeypatch, capsys):
     assert main(["fetch", "upflow-kitti", "retries=0", "-q"]) == 2
     err = capsys.readouterr().err
     assert "cannot reach" in err and str(Path(home) / "weights" / "upflow-kitti.pth") in err
+
+
+def test_build_with_weights_never_records_a_wrong_hand_placed_file(home):
+    """build(weights=) skips the redundant key check of a verified cached file, but not of a new one."""
+    dest = W.cache_path("kpaflow-kitti")
+    dest.parent.mkdir(parents=True)
+    torch.save({"module.x": torch.zeros(1)}, dest)
+    with pytest.raises(fetch_mod.ChecksumError, match="does not load into 'kpaflow'"):
+        backbones.build("kpaflow", weights="kitti")
+    assert "kpaflow-kitti" not in fetch_mod.recorded_checksums() and not dest.exists()
