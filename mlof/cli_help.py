@@ -157,7 +157,7 @@ EXAMPLES: dict[str, list[str]] = {
         "mlof pretrain --config recipes/quick_pretrain.yaml",
         "mlof pretrain model.name=raft data.name=chairs data.root=data/FlyingChairs_release "
         "data.augment=raft-chairs steps=1000 -q",
-        "mlof pretrain --config recipes/pretrain_things.yaml model.checkpoint=raft-chairs --resume",
+        "mlof pretrain --config recipes/pretrain_things.yaml model.checkpoint=gma-chairs --resume",
     ],
     "meta-train": [
         "mlof meta-train --config recipes/quick_meta_train.yaml",

@@ -7,10 +7,12 @@ import shlex
 from pathlib import Path
 
 import pytest
+import yaml
 from omegaconf import OmegaConf
 
 from mlof.cli import COMMANDS, _defaults, main
 from mlof.cli_help import EXAMPLES, annotated_listing, flat_keys, key_help
+from mlof.train.setup import _official_entry
 
 CONFIG_COMMANDS = [c for c in COMMANDS if c != "synth"]
 REPO = Path(__file__).resolve().parents[1]
@@ -81,6 +83,11 @@ def test_examples_parse(sub, capsys, tmp_path, monkeypatch):
                 assert (REPO / argv[i + 1]).is_file(), example
         monkeypatch.chdir(REPO)
         assert main(argv + ["--print-config"]) == 0, (example, capsys.readouterr().err)
+        cfg = yaml.safe_load(capsys.readouterr().out)
+        model = cfg.get("model") or {}
+        if model.get("checkpoint") and not Path(model["checkpoint"]).suffix:
+            # a registry name must fit the network the example builds (checked without downloading)
+            _official_entry(model["checkpoint"], model.get("name"))
     capsys.readouterr()
 
 

@@ -311,7 +311,8 @@ def test_cli_fetch_and_model_checkpoint_name(server, home, monkeypatch, small_ck
     model = build_model(ModelConfig(name=None, checkpoint="raft-small"))
     assert type(model).__name__ == "RAFTSmall"
     assert all(torch.equal(model.state_dict()[k], v) for k, v in sd.items())
-    with pytest.raises(ValueError, match="for backbone 'raft_small', not 'raft'"):
+    with pytest.raises(ValueError, match="model.checkpoint=raft-small holds a 'raft_small' network but "
+                                         "model.name is 'raft': set model.name=raft_small"):
         build_model(ModelConfig(name="raft", checkpoint="raft-small"))
 
 

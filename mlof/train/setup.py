@@ -36,9 +36,6 @@ def build_model(cfg: ModelConfig | Any, device: torch.device | str = "cpu") -> n
         # a name of the official-weights registry (``raft-things``): fetched and verified into MLOF_HOME
         from backbones.fetch import fetch
 
-        if cfg.name is not None and cfg.name != entry.backbone:
-            raise ConfigError(f"model.checkpoint {ckpt!r} holds a {entry.backbone!r} network, but model.name "
-                              f"is {cfg.name!r}")
         path = fetch(entry, progress=True, check_keys=False)  # loaded strictly just below
         model = backbones.build(entry.backbone, checkpoint=str(path), **{**entry.options, **options})
         return model.to(device).train()
@@ -76,11 +73,13 @@ def _official_entry(ckpt: str | None, name: str | None) -> Any:
         return None
     from backbones.weights import UnknownWeightsError, WEIGHTS, resolve_name
 
+    if ckpt in WEIGHTS and name is not None and WEIGHTS[ckpt].backbone != name:
+        net = WEIGHTS[ckpt].backbone
+        raise ConfigError(f"model.checkpoint={ckpt} holds a {net!r} network but model.name is {name!r}: set "
+                          f"model.name={net} (or model.name=null)")
     try:
         return resolve_name(name, ckpt) if name is not None else WEIGHTS.get(ckpt)
     except UnknownWeightsError:
-        if ckpt in WEIGHTS:  # the name exists, for another backbone: say so
-            raise
         return None
 
 
