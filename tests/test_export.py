@@ -50,7 +50,8 @@ def test_sampled_corr_equals_dense_and_ondemand():
     assert (got - OnDemandCorrBlock(f1, f2, num_levels=3, radius=3)(coords)).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("corr", ["dense", "ondemand"])
+# dense runs in the default suite through test_cli_export_checks_against_torch; here only with -m slow
+@pytest.mark.parametrize("corr", [pytest.param("dense", marks=pytest.mark.slow), "ondemand"])
 def test_raft_small_trained_checkpoint_matches_torch(tmp_path, corr):
     model = backbones.build("raft_small", checkpoint="checkpoints/mlof_default.pt").eval()
     before = copy.deepcopy(model.state_dict())
