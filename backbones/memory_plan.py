@@ -145,7 +145,7 @@ def estimate_bytes(shape: CallShape, plan: MemoryPlan, dense_corr_bytes: int) ->
     return int(total)
 
 
-def _attention_rows(shape: CallShape, chunk_bytes: int = 256 * 1024 ** 2) -> int:
+def _attention_rows(shape: CallShape, chunk_bytes: int = 64 * 1024 ** 2) -> int:
     """Query rows per attention chunk so that one chunk's logits take about ``chunk_bytes``."""
     low_w, low = shape.width // 8, shape.height * shape.width // 64
     return max(1, min(shape.height // 8, chunk_bytes // max(1, 4 * shape.heads * low_w * low)))
