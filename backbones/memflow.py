@@ -124,7 +124,7 @@ class MemFlow(RAFTBase):
         memory = self.memory if memory is None else memory
         iters = self.decoder_depth if iters is None else iters
         self._check_call(image1, image2, iters)
-        padder = InputPadder(image1.shape, divisor=self.factor, mode=self.padding)
+        padder = self.padder(image1.shape)
         dtype = next(self.parameters()).dtype
         im1, im2 = padder.pad_tensors(image1.to(dtype), image2.to(dtype))
         x1, x2 = self.normalize(im1).contiguous(), self.normalize(im2).contiguous()
@@ -151,7 +151,7 @@ class MemFlow(RAFTBase):
             bad = [i for i in range(t) if not bool(torch.isfinite(clip[:, i]).all())]
             raise ValueError(f"frame {bad[0]} contains NaN or inf pixels")
         clip = clip.to(next(self.parameters()).dtype)
-        padder = InputPadder(clip.shape, divisor=self.factor, mode=self.padding)
+        padder = self.padder(clip.shape)
         outputs = []
         x_next = self.normalize(padder.pad_tensors(clip[:, 0])[0]).contiguous()
         f_next = self._features(x_next)

@@ -154,17 +154,22 @@ def test_kitti_padding_matches_manual_padding(small):
     assert torch.equal(out.flow, padder.unpad(manual.flow))
 
 
-def test_small_inputs_work_down_to_the_pyramid_minimum_and_fail_below(small):
-    """57 px pads to 64: the coarsest level has one pixel. The official code returns NaN under 128 px."""
-    assert small.min_input_size == 57
+def test_small_inputs_are_padded_to_128_and_empty_ones_fail(small):
+    """Under 128 px the official code returns NaN (one-row coarsest level): mlof pads to 128 and crops back."""
+    assert small.min_input_size == 1 and small.min_padded_size == 128
+    im1, im2 = _pair(h=57, w=100)
+    padder = small.padder(im1.shape)
+    assert padder.pad == [14, 14, 35, 36]
     for kind in ("dense", "ondemand"):
         small.corr = kind
         with torch.no_grad():
-            out = small(*_pair(h=57, w=100), iters=4)
-        assert torch.isfinite(out.flow).all()
+            out = small(im1, im2, iters=2)
+            manual = small(*padder.pad_tensors(im1, im2), iters=2)
+        assert out.flow.shape == (1, 2, 57, 100) and torch.isfinite(out.flow).all()
+        assert torch.equal(out.flow, padder.unpad(manual.flow))
     small.corr = "auto"
-    with pytest.raises(ValueError, match="too small"):
-        small(*_pair(h=56, w=100))
+    with pytest.raises(ValueError, match="0x100: too small"):
+        small(*_pair(h=0, w=100))
 
 
 def test_flows_filled_in_training_or_on_request(small):
@@ -260,7 +265,7 @@ def test_bad_inputs_raise_value_error(small, case, match):
     elif case == "dims":
         im1, im2 = im1[0], im2[0]
     elif case == "small":
-        im1, im2 = im1[..., :40, :], im2[..., :40, :]
+        im1, im2 = im1[..., :0, :], im2[..., :0, :]
     elif case == "iters":
         kwargs["iters"] = 0
     with pytest.raises(ValueError, match=match):

@@ -98,7 +98,7 @@ def test_parameter_groups_partition_the_trainable_parameters():
     ((torch.zeros(1, 1, 64, 64), torch.zeros(1, 1, 64, 64)), "3 colour channels"),
     ((torch.full((1, 3, 64, 64), float("nan")), torch.zeros(1, 3, 64, 64)), "NaN"),
     ((torch.zeros(1, 3, 64, 64, dtype=torch.uint8), torch.zeros(1, 3, 64, 64, dtype=torch.uint8)), "floating"),
-    ((torch.zeros(1, 3, 16, 16), torch.zeros(1, 3, 16, 16)), "too small"),
+    ((torch.zeros(1, 3, 16, 0), torch.zeros(1, 3, 16, 0)), "too small"),
 ])
 def test_bad_input_raises_value_error(bad, match):
     model = backbones.build("kpaflow").eval()
