@@ -10,9 +10,10 @@
 `backbones` never imports `mlof`: it is usable on its own.
 """
 from backbones.base import FlowOutput, InputPadder, validate_images
-from backbones.registry import available, build, param_groups, register, load_weights, count_parameters
+from backbones.registry import (available, build, count_parameters, load_weights, param_groups, read_checkpoint_file,
+                                register)
 
 __all__ = [
     "FlowOutput", "InputPadder", "validate_images",
-    "available", "build", "param_groups", "register", "load_weights", "count_parameters",
+    "available", "build", "param_groups", "register", "load_weights", "count_parameters", "read_checkpoint_file",
 ]

@@ -262,7 +262,9 @@ class UPFlow(nn.Module):
             raise ValueError("upflow does not take flow_init (no warm start): pass flow_init=None")
         h, w = image1.shape[-2:]
         pad = _pad_amounts(h, w, MIN_SIDE)
-        x1, x2 = self.normalize(image1.contiguous()), self.normalize(image2.contiguous())
+        # no .contiguous(): the official code keeps the caller's memory layout, and convolutions round
+        # differently per layout (UPFlow's hard warping mask amplifies that), so keep it for exactness
+        x1, x2 = self.normalize(image1), self.normalize(image2)
         if any(pad):
             x1, x2 = F.pad(x1, pad, mode="replicate"), F.pad(x2, pad, mode="replicate")
 

@@ -59,7 +59,7 @@ def _train(kind: str, cfg: Any, args: argparse.Namespace) -> int:
         from mlof.train.pretrain import PretrainJob as Job
     else:
         from mlof.train.meta_train import MetaTrainJob as Job
-    summary = run_training(Job, cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    summary = run_training(Job, cfg, resume=cfg.resume, overwrite=cfg.overwrite, progress=not args.quiet)
     train = summary.get("train") or {}
     shown = ", ".join(f"{k} {v:.4g}" for k, v in list(train.items())[:4])
     _say(f"{kind}: {summary['step']} steps done ({summary['world_size']} process(es), "
@@ -105,12 +105,12 @@ def _evaluate(cfg: Any, args: argparse.Namespace) -> int:
     from mlof.train.setup import build_data, build_model
 
     obj = OmegaConf.to_object(cfg)
+    run = RunDir.for_config(cfg)        # refuses a folder holding a run before any work; writes nothing yet
     device = resolve_device(obj.device)
     seed_everything(obj.seed)
     model = build_model(obj.model, device).eval()
     data_cfg = obj.data
     dataset = build_data(data_cfg)
-    run = RunDir(cfg.out_dir, cfg.name)
     run.save_config(cfg)
 
     def on_sample(i: int, sample: Any, flow: Any, metrics: dict) -> None:
@@ -141,11 +141,11 @@ def _bench(cfg: Any, args: argparse.Namespace) -> int:
     from mlof.train.rundir import RunDir
 
     obj: BenchConfig = OmegaConf.to_object(cfg)
+    run = RunDir.for_config(cfg)
     if obj.threads > 0:
         torch.set_num_threads(obj.threads)
     device = resolve_device(obj.device)
     rows = bench(obj, device, progress=None if args.quiet else (lambda m: print(f"  measuring {m}", flush=True)))
-    run = RunDir(obj.out_dir, obj.name)
     run.save_config(cfg)
     info = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}
     run.write_json("bench.json", info)
@@ -180,8 +180,10 @@ def _models(cfg: Any, args: argparse.Namespace) -> int:
         groups = backbones.param_groups(model)
         rows.append({"name": name, "parameters": backbones.count_parameters(model),
                      "groups": sorted(g for g in groups if g != "all")})
-    run = RunDir(cfg.out_dir, cfg.name, tensorboard=False)
+    run = RunDir(cfg.out_dir, cfg.name, tensorboard=False, overwrite=True)   # a listing: replaced each time
+    run.save_config(cfg)
     run.write_json("models.json", rows)
+    run.close()
     if cfg.format == "json":
         print(json.dumps(rows, indent=2))
     else:
@@ -272,10 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "adapt":
             p.add_argument("--online", action="store_true",
                            help="adapt along the sequence, carrying the weights (= online=true)")
-        if cmd.training:
+        if name != "models":
             p.add_argument("--resume", action="store_true",
-                           help="continue runs/<name> from checkpoints/latest.pt (same recipe)")
-            p.add_argument("--overwrite", action="store_true", help="start runs/<name> over")
+                           help="continue runs/<name> (= resume=true; training: from checkpoints/latest.pt, "
+                                "same recipe)")
+            p.add_argument("--overwrite", action="store_true",
+                           help="start runs/<name> over, deleting what it holds (= overwrite=true)")
     return parser
 
 
@@ -301,6 +305,12 @@ class UserError(Exception):
 def _user_errors() -> tuple[type[BaseException], ...]:
     from mlof.checkpoint import CheckpointError
     return (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, CheckpointError, UserError)
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception's message on one line (multi-line hints joined with ' | ')."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return " | ".join(lines) if lines else type(e).__name__
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -330,6 +340,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from mlof.train.config import resolve
 
         overrides = list(args.overrides) + (["online=true"] if getattr(args, "online", False) else [])
+        overrides += ["resume=true"] if getattr(args, "resume", False) else []
+        overrides += ["overwrite=true"] if getattr(args, "overwrite", False) else []
         cfg = resolve(_defaults(args.command), args.config, overrides)
         if args.print_config:
             print(OmegaConf.to_yaml(cfg), end="")
@@ -341,8 +353,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except _user_errors() as e:
         if os.environ.get("MLOF_DEBUG"):
             raise
-        print(f"mlof {cmd_name}: error: {e}", file=sys.stderr)
+        print(f"mlof {cmd_name}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except OSError as e:   # the machine, not the user: disk full, permissions (one line, status 1)
+        if os.environ.get("MLOF_DEBUG"):
+            raise
+        print(f"mlof {cmd_name}: error: {_one_line(e)}", file=sys.stderr)
+        return 1
     finally:
         from mlof.train.distributed import shutdown
         shutdown()

@@ -137,17 +137,18 @@ def test_any_size_batch_and_crop_back(small):
         out = small(im1, im2, iters=3)
         single = small(im1[1:], im2[1:], iters=3)
     assert out.flow.shape == (2, 2, 61, 75)
-    assert out.flow_low.shape == (2, 2, 8, 10)  # padded grid 64 x 80
+    assert out.flow_low.shape == (2, 2, 16, 16)  # padded grid 128 x 128 (the smallest padded size)
     assert torch.isfinite(out.flow).all()
     assert (out.flow[1:] - single.flow).abs().max() < 1e-4
 
 
 def test_kitti_padding_matches_manual_padding(small):
-    im1, im2 = _pair(h=66, w=70)
+    im1, im2 = _pair(h=130, w=134)
     kitti = backbones.build("raft_small", padding="kitti").eval()
     kitti.load_state_dict(small.state_dict())
     padder = backbones.InputPadder(im1.shape, mode="kitti")
     assert padder.pad == [1, 1, 0, 6]
+    assert kitti.padder((1, 3, 66, 70)).pad == [29, 29, 0, 62]   # small inputs: up to 128, same rule
     with torch.no_grad():
         out = kitti(im1, im2, iters=2)
         manual = small(*padder.pad_tensors(im1, im2), iters=2)

@@ -81,8 +81,7 @@ def _write_flow(run: RunDir, stem: str, flow: torch.Tensor, fmt: str, color: boo
 
     if fmt not in ("flo", "png", "pfm"):
         raise ConfigError(f"flow_format: {fmt!r} is not one of flo, png, pfm")
-    out = run.path / "flows"
-    out.mkdir(parents=True, exist_ok=True)
+    out = run.subdir("flows")
     f = flow.detach().cpu().permute(1, 2, 0).numpy().astype(np.float32)
     write_flow(out / f"{stem}.{fmt}", f, clip=True) if fmt == "png" else write_flow(out / f"{stem}.{fmt}", f)
     if color:
@@ -91,6 +90,7 @@ def _write_flow(run: RunDir, stem: str, flow: torch.Tensor, fmt: str, color: boo
 
 def _setup(cfg: DictConfig) -> tuple[Any, torch.device, RunDir, Sequence[dict[str, Any]], str]:
     obj = OmegaConf.to_object(cfg)
+    run = RunDir.for_config(obj)        # refuses a folder holding a run now; creates it at the first output
     device = resolve_device(obj.device)
     seed_everything(obj.seed)
     pairs, what = open_pairs(obj.input, obj.data)
@@ -103,7 +103,6 @@ def _setup(cfg: DictConfig) -> tuple[Any, torch.device, RunDir, Sequence[dict[st
         pairs = _Pick(pairs, [int(i) for i in obj.pairs])
     if obj.max_pairs:
         pairs = _Pick(pairs, list(range(min(obj.max_pairs, len(pairs)))))
-    run = RunDir(obj.out_dir, obj.name)
     run.save_config(cfg)
     return obj, device, run, pairs, what
 

@@ -113,7 +113,7 @@ class PretrainJob:
         if cfg.batch_size < ctx.world_size:
             raise ConfigError(f"batch_size {cfg.batch_size} is smaller than the {ctx.world_size} processes")
         self.cfg, self.ctx = cfg, ctx
-        self.model = build_model(cfg.model, ctx.device)
+        self.model = build_model(cfg.model, ctx.device, warn_random=False)   # training from scratch is normal
         name = self.model.mlof_spec["name"]
         kind = cfg.loss if cfg.loss != "auto" else ("multilevel" if name in PYRAMID_NETWORKS else "sequence")
         if kind not in ("sequence", "multilevel"):
