@@ -13,8 +13,9 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from mlof.meta.guard import NonFiniteError
 from mlof.train.config import ConfigError, DataConfig, LogConfig, ModelConfig, RunConfig
-from mlof.train.distributed import DistContext, reduce_metrics, sync_gradients
+from mlof.train.distributed import DistContext, all_ranks_true, reduce_metrics, sync_gradients
 from mlof.train.engine import StepOutput
 from mlof.train.sampling import StepPlan, step_loader
 from mlof.train.setup import PYRAMID_NETWORKS, build_data, build_model, collate
@@ -154,6 +155,12 @@ class PretrainJob:
             freeze_batchnorm(self.model)
         out = self.model(img1, img2, iters=self.cfg.iters, return_all=True)
         loss = self._loss(out, gt, valid)
+        # before backward (NaN autograd can crash torch on CPU); collective, so no rank waits for a dead one
+        finite = bool(torch.isfinite(loss.detach())) and bool(torch.isfinite(out.flow.detach()).all())
+        if not all_ranks_true(finite, self.ctx):
+            raise NonFiniteError(f"step {step}: loss or flow is NaN or inf: the training diverged; lower "
+                                 f"optim.lr (now {self.cfg.optim.lr:g}); checkpoints/latest.pt holds the last "
+                                 f"finite weights")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         n_local, n_global = img1.shape[0], self.cfg.batch_size
