@@ -336,6 +336,7 @@ def _kill_campaign(tmp_path: Path, argv: list[str], name: str, kills: int, seed:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     latest = tmp_path / name / "checkpoints" / "latest.pt"
     cmd = [sys.executable, "-m", "mlof.cli", *argv, f"out_dir={tmp_path}", f"name={name}"]
+    killed_mid_run = 0
     for k in range(kills):
         resume = ["--resume"] if latest.is_file() else []
         proc = subprocess.Popen(cmd + resume, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -353,8 +354,10 @@ def _kill_campaign(tmp_path: Path, argv: list[str], name: str, kills: int, seed:
         time.sleep(rng.uniform(0.0, 1.5))
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
+            killed_mid_run += 1
         proc.wait()
         assert load_checkpoint(latest)["step"] >= 0          # loadable whatever the moment
+    assert killed_mid_run >= 1, "every attempt finished before its kill: the campaign tested nothing"
     rc = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=600)
     assert rc.returncode == 0, rc.stderr[-2000:]
     return latest

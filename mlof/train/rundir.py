@@ -117,8 +117,7 @@ class RunDir:
         self._writer = None
         self._opened = False
         self._config_text: str | None = None
-        if is_main:
-            self._check()
+        self._check()   # on every rank (read-only), so that all of them stop together under torchrun
 
     @classmethod
     def for_config(cls, cfg: Any, **kwargs: Any) -> "RunDir":
