@@ -57,8 +57,7 @@ def test_channels_last_and_non_contiguous_inputs_give_the_same_flow(net):
         ref = net(im1, im2, iters=1).flow
         cl = net(im1.to(memory_format=torch.channels_last), im2.to(memory_format=torch.channels_last), iters=1).flow
         nc = net(*strided, iters=1).flow
-    # padded inputs are contiguous; unpadded ones keep their layout, as in the official code (rounding only)
-    assert torch.allclose(ref, cl, atol=1e-3) and torch.allclose(ref, nc, atol=1e-3)
+    assert torch.equal(ref, cl) and torch.equal(ref, nc)
 
 
 def test_empty_input_error_names_the_input_size(net):
