@@ -138,6 +138,7 @@ def test_disk_full_during_a_checkpoint_write_keeps_the_previous_one(tmp_path, mo
     assert [p.name for p in tmp_path.iterdir()] == ["latest.pt"]       # no half-written temporary left
 
 
+@pytest.mark.slow
 def test_disk_full_during_training_is_one_line_and_resumable(tmp_path, monkeypatch, capsys):
     real_save = torch.save
     calls = {"n": 0}
@@ -150,15 +151,15 @@ def test_disk_full_during_training_is_one_line_and_resumable(tmp_path, monkeypat
         return real_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr("mlof.checkpoint.torch.save", fills_up)
-    assert main([*PRETRAIN, f"out_dir={tmp_path}", "name=full", "steps=3"]) == 1
+    assert main([*PRETRAIN, f"out_dir={tmp_path}", "name=full", "steps=2"]) == 1
     err = capsys.readouterr().err
     assert "No space left on device" in err and err.count("\n") == 1
     monkeypatch.undo()
     latest = tmp_path / "full" / "checkpoints" / "latest.pt"
     assert load_checkpoint(latest)["step"] == 1
     assert not (tmp_path / "full" / ".lock").exists()
-    assert main([*PRETRAIN, f"out_dir={tmp_path}", "name=full", "steps=3", "--resume"]) == 0
-    assert load_checkpoint(latest)["step"] == 3
+    assert main([*PRETRAIN, f"out_dir={tmp_path}", "name=full", "steps=2", "--resume"]) == 0
+    assert load_checkpoint(latest)["step"] == 2
 
 
 def _other_process() -> subprocess.Popen:
@@ -288,19 +289,38 @@ def test_frames_with_nan_or_inf_are_rejected():
         model(frames[:1], frames[2:], iters=1)
 
 
-@pytest.mark.parametrize("kind", ["constant", "black", "saturated", "binary", "noise"])
-def test_extreme_images_and_options_give_finite_flows(kind):
-    model = mlof.load(REPO / "checkpoints" / "mlof_default.pt")
+def _extreme(kind: str) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     shape = (2, 3, 24, 40)
-    frames = {"constant": torch.full(shape, 128.0), "black": torch.zeros(shape),
-              "saturated": torch.full(shape, 255.0), "binary": (torch.rand(shape, generator=g) > 0.5).float() * 255,
-              "noise": torch.rand(shape, generator=g) * 255}[kind]
-    for options in ({"steps": 1, "lr": 1e6}, {"steps": 0}, {"steps": 1, "iters": 1}):
-        res = mlof.adapt(model, frames, iters=options.pop("iters", 2), **options)
+    return {"constant": lambda: torch.full(shape, 128.0), "black": lambda: torch.zeros(shape),
+            "saturated": lambda: torch.full(shape, 255.0),
+            "binary": lambda: (torch.rand(shape, generator=g) > 0.5).float() * 255,
+            "noise": lambda: torch.rand(shape, generator=g) * 255}[kind]()
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    return mlof.load(REPO / "checkpoints" / "mlof_default.pt")
+
+
+def test_extreme_images_with_a_huge_lr_give_finite_flows(default_model):
+    for kind in ("constant", "saturated", "noise"):
+        res = mlof.adapt(default_model, _extreme(kind), steps=1, lr=1e6, iters=1)
+        assert torch.isfinite(res.flow).all(), kind
+        assert res.history[-1]["guard"].startswith("rollback"), kind     # the guard caught the blow-up
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["constant", "black", "saturated", "binary", "noise"])
+def test_extreme_images_and_options_give_finite_flows(default_model, kind):
+    frames = _extreme(kind)
+    for options in ({"steps": 2, "lr": 1e6}, {"steps": 2, "lr": 1e6, "optimizer": "sgd"}, {"steps": 0},
+                    {"steps": 1, "iters": 1}):
+        res = mlof.adapt(default_model, frames, **{"iters": 2, **options})
         assert torch.isfinite(res.flow).all(), options
-    online = mlof.adapt(model, torch.cat([frames, frames]), mode="online", steps=1, lr=1e6, iters=1)
-    assert all(torch.isfinite(f).all() for f in online.flows)
+    for mode in ("online", "joint"):
+        out = mlof.adapt(default_model, torch.cat([frames, frames]), mode=mode, steps=1, lr=1e6, iters=1)
+        assert all(torch.isfinite(f).all() for f in out.flows), mode
 
 
 def test_a_diverging_training_stops_with_a_clear_error_before_backward(tmp_path, capsys):
@@ -314,6 +334,14 @@ def test_a_diverging_training_stops_with_a_clear_error_before_backward(tmp_path,
         assert rc == 2 and "diverged" in err and err.count("\n") == 1
         ck = load_checkpoint(tmp_path / "lr" / "checkpoints" / "latest.pt")   # the last finite weights
         assert all(torch.isfinite(v).all() for v in ck["state_dict"].values() if v.is_floating_point())
+
+
+def test_a_diverging_meta_training_stops_with_a_clear_error(tmp_path, capsys):
+    rc = main(["meta-train", "--quiet", f"out_dir={tmp_path}", "name=m", "model.checkpoint=default", "steps=2",
+               "tasks_per_step=1", "meta.inner_steps=1", "meta.iters=1", "meta.inner_lr=1e6", "device=cpu",
+               "log.images_every=0", "data.options={domain: target, size: [32, 32], length: 2}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "NaN or inf: the run diverged" in err and err.count("\n") == 1
 
 
 def test_require_finite_names_what_diverged():
