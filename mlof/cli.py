@@ -333,15 +333,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if getattr(args, "_synth_missing", None):
                 raise UserError(f"mlof.data.synth_cli is not available: {args._synth_missing}")
             return _synth(args, synth_parser, extra)
-        args = parser.parse_args(argv)
+        # key=value overrides may come after flags too (`adapt --config X a=1 -q b=2`): argparse takes one
+        # run of positionals, so the later runs come back unparsed and are added here
+        args, rest = parser.parse_known_args(argv)
+        stray = [a for a in rest if a.startswith("-") or "=" not in a]
+        if stray:
+            parser.error(f"unrecognized arguments: {' '.join(stray)}")
+        if rest:
+            args.overrides = list(getattr(args, "overrides", None) or []) + rest
         if args.command is None:
             parser.print_help()
             return 2
         from mlof.train.config import resolve
 
         overrides = list(args.overrides) + (["online=true"] if getattr(args, "online", False) else [])
-        overrides += ["resume=true"] if getattr(args, "resume", False) else []
-        overrides += ["overwrite=true"] if getattr(args, "overwrite", False) else []
+        # the flags are the last word (a script's default overwrite=true yields to an explicit --resume)
+        if getattr(args, "resume", False) and getattr(args, "overwrite", False):
+            raise UserError("--resume and --overwrite exclude each other: continue the run or start it over")
+        overrides += ["resume=true", "overwrite=false"] if getattr(args, "resume", False) else []
+        overrides += ["overwrite=true", "resume=false"] if getattr(args, "overwrite", False) else []
         cfg = resolve(_defaults(args.command), args.config, overrides)
         if args.print_config:
             print(OmegaConf.to_yaml(cfg), end="")

@@ -102,6 +102,17 @@ def test_existing_run_folder_is_refused_unless_resume_or_overwrite(tmp_path, cap
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
 
 
+def test_flags_may_come_between_overrides_and_win_over_them(tmp_path, capsys):
+    assert main(["infer", f"out_dir={tmp_path}", "name=f", "-q", "iters=1", "max_pairs=1", "device=cpu"]) == 0
+    # a script's default overwrite=true yields to an explicit --resume (the folder is kept, not emptied)
+    marker = tmp_path / "f" / "flows" / "keep.txt"
+    marker.write_text("x")
+    assert main([*INFER, f"out_dir={tmp_path}", "name=f", "overwrite=true", "--resume"]) == 0
+    assert marker.exists()
+    assert main([*INFER, f"out_dir={tmp_path}", "name=f", "--resume", "--overwrite"]) == 2
+    assert "exclude each other" in capsys.readouterr().err
+
+
 def test_random_weights_warn_once(tmp_path, fresh_warnings):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
