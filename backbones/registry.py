@@ -69,13 +69,25 @@ def available() -> list[str]:
 
 
 def build(name: str, checkpoint: str | os.PathLike | dict | None = None, strict: bool = True,
-          **options: Any) -> nn.Module:
-    """Build network ``name`` with ``options`` and, if given, load ``checkpoint``.
+          weights: str | None = None, **options: Any) -> nn.Module:
+    """Build network ``name`` with ``options`` and, if given, load ``checkpoint`` or official ``weights``.
 
     checkpoint: a path to an official release file (``module.`` prefixes and ``{'model': ...}`` /
     ``{'state_dict': ...}`` wrappers are accepted as they are), one of mlof's own checkpoints, or an
     already loaded state dict. Loading is strict unless ``strict=False``.
+    weights: an entry of the official-weights registry (``backbones.weights``), by its full name
+    (``"raft-things"``) or short name (``"things"``): fetched into the cache (verified) on first use; the
+    options the file needs (e.g. KPA-Flow's ``dataset``) are added unless given.
     """
+    if weights is not None:
+        if checkpoint is not None:
+            raise ValueError("give either checkpoint= or weights=, not both")
+        from backbones.fetch import fetch
+        from backbones.weights import resolve_name
+
+        entry = resolve_name(name, weights)
+        options = {**entry.options, **options}
+        checkpoint = fetch(entry, progress=True, check_keys=False)  # loaded strictly below
     factory = _factory(name)
     try:
         model = factory(**options)

@@ -8,8 +8,10 @@ _mlof_missing() {
     "$PY" - "$1" <<'PYEOF'
 import importlib.metadata as md, importlib.util, sys
 mods = ["torch", "numpy", "scipy", "yaml", "omegaconf", "tensorboard", "tqdm", "cv2"]
-if sys.argv[1] == "test":
+if "test" in sys.argv[1].split(","):
     mods.append("pytest")
+if "export" in sys.argv[1].split(","):
+    mods += ["onnx", "onnxruntime"]
 missing = [m for m in mods if importlib.util.find_spec(m) is None]
 try:
     md.distribution("mlof")

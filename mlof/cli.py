@@ -1,9 +1,11 @@
 """The ``mlof`` command line: ``mlof <subcommand> [--config recipes/X.yaml] [key=value ...]``.
 
-Subcommands: pretrain, meta-train, adapt (meta-inference), evaluate, infer, bench, synth, models.
+Subcommands: pretrain, meta-train, adapt (meta-inference), evaluate, infer, bench, synth, models, weights,
+fetch, export.
 Configuration = the subcommand's defaults <- the YAML recipe <- ``key=value`` overrides (OmegaConf dotlist:
 ``steps=200``, ``model.options.corr=ondemand``, ``sizes=[[224,320]]``); an unknown key is an error naming it.
-``mlof <subcommand> --help`` lists every key with its default. Outputs go to ``runs/<name>/``.
+``mlof <subcommand> --help`` lists every key with its default, one help line each (``mlof.cli_help``),
+and examples. Outputs go to ``runs/<name>/``.
 User errors print one line (``mlof <subcommand>: error: ...``) and exit with status 2; ``MLOF_DEBUG=1``
 shows the traceback. Multi-process training: ``torchrun --nproc_per_node=2 -m mlof.cli pretrain ...``.
 """
@@ -13,7 +15,7 @@ import argparse
 import json
 import os
 import sys
-import textwrap
+import textwrap  # noqa: F401
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
@@ -44,6 +46,15 @@ def _defaults(kind: str) -> Any:
         return BenchConfig
     if kind == "models":
         return ModelsConfig
+    if kind == "weights":
+        from mlof.hub import WeightsConfig
+        return WeightsConfig
+    if kind == "fetch":
+        from mlof.hub import FetchConfig
+        return FetchConfig
+    if kind == "export":
+        from mlof.export import ExportConfig
+        return ExportConfig
     raise KeyError(kind)
 
 
@@ -194,6 +205,25 @@ def _models(cfg: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+def _weights(cfg: Any, args: argparse.Namespace) -> int:
+    from mlof.hub import run_weights
+
+    return run_weights(OmegaConf.to_object(cfg))
+
+
+def _fetch(cfg: Any, args: argparse.Namespace) -> int:
+    from mlof.hub import run_fetch
+
+    return run_fetch(OmegaConf.to_object(cfg), progress=not args.quiet)
+
+
+def _export(cfg: Any, args: argparse.Namespace) -> int:
+    from mlof.export import run_export
+
+    run_export(OmegaConf.to_object(cfg), say=_say)
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------ synth glue
 def _synth(args: argparse.Namespace, parser: argparse.ArgumentParser, extra: Sequence[str]) -> int:
     from mlof.data import synth_cli
@@ -231,6 +261,9 @@ class Command:
     training: bool = False
 
 
+# subcommands that write a run folder <out_dir>/<name>/ (refused when it holds a run, see RunDir)
+RUN_FOLDER_COMMANDS = ("pretrain", "meta-train", "adapt", "evaluate", "infer", "bench")
+
 COMMANDS: dict[str, Command] = {
     "pretrain": Command("supervised training of a flow network (RAFT/GMA recipe)",
                         lambda c, a: _train("pretrain", c, a), training=True),
@@ -242,15 +275,21 @@ COMMANDS: dict[str, Command] = {
     "bench": Command("speed and peak memory of inference and adaptation", _bench),
     "synth": Command("write a synthetic data set with exact flow (Sintel layout)", lambda c, a: 0),
     "models": Command("list the networks with their parameter counts", _models),
+    "weights": Command("list the official checkpoints (URL, licence, training settings, checksum)", _weights),
+    "fetch": Command("download official checkpoints into MLOF_HOME (~/.cache/mlof), verified", _fetch),
+    "export": Command("export a network to ONNX (checked against torch with onnxruntime)", _export),
 }
 
 
 def _config_listing(kind: str) -> str:
+    from mlof.cli_help import annotated_listing, examples_text
+
     try:
-        text = OmegaConf.to_yaml(OmegaConf.structured(_defaults(kind)))
+        text = annotated_listing(kind, _defaults(kind))
     except Exception as e:  # a part of mlof is missing: --help still works
-        return f"(configuration keys unavailable: {e})"
-    return "configuration keys (defaults) — override with key=value:\n" + textwrap.indent(text, "  ")
+        text = f"  (configuration keys unavailable: {e})"
+    return ("configuration keys (default  # meaning); set them with key=value or in a --config YAML:\n"
+            + text + "\n\n" + examples_text(kind))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -268,19 +307,54 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=cmd.help, description=cmd.help + ".",
                            epilog=_config_listing(name), formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("overrides", nargs="*", metavar="key=value", help="configuration overrides")
-        p.add_argument("--config", "-c", metavar="YAML", help="recipe file (e.g. recipes/quick_pretrain.yaml)")
+        p.add_argument("--config", "-c", metavar="YAML", help=_config_help(name))
         p.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
         p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
         if name == "adapt":
             p.add_argument("--online", action="store_true",
                            help="adapt along the sequence, carrying the weights (= online=true)")
-        if name != "models":
+        if name in RUN_FOLDER_COMMANDS:
             p.add_argument("--resume", action="store_true",
                            help="continue runs/<name> (= resume=true; training: from checkpoints/latest.pt, "
                                 "same recipe)")
             p.add_argument("--overwrite", action="store_true",
                            help="start runs/<name> over, deleting what it holds (= overwrite=true)")
     return parser
+
+
+_RECIPE_EXAMPLES = {"pretrain": "recipes/quick_pretrain.yaml", "meta-train": "recipes/quick_meta_train.yaml",
+                    "adapt": "recipes/quick_meta_inference.yaml", "evaluate": "my_evaluate.yaml",
+                    "infer": "my_infer.yaml", "bench": "my_bench.yaml", "models": "my_models.yaml",
+                    "weights": "my_weights.yaml", "fetch": "my_fetch.yaml", "export": "my_export.yaml"}
+
+
+def _config_help(name: str) -> str:
+    """--config help of subcommand ``name``, naming a recipe that fits it."""
+    example = _RECIPE_EXAMPLES.get(name, f"my_{name}.yaml")
+    return f"YAML of settings, the keys listed below (e.g. {example}); key=value overrides it"
+
+
+def _flag_hint(cmd: str, argv: Sequence[str]) -> Optional[str]:
+    """'did you mean input=x?' for ``--input x`` / ``--input=x`` where ``input`` is a configuration key."""
+    if cmd not in COMMANDS or cmd == "synth":
+        return None
+    try:
+        keys = set(OmegaConf.to_container(OmegaConf.structured(_defaults(cmd))))
+    except Exception:
+        return None
+    known_flags = {"--config", "--print-config", "--quiet", "--online", "--resume", "--overwrite", "--help"}
+    for i, tok in enumerate(argv):
+        if not tok.startswith("--") or tok in known_flags:
+            continue
+        flag, eq, value = tok[2:].partition("=")
+        key = flag.replace("-", "_")
+        if key.split(".")[0] not in keys:
+            continue
+        if not eq:
+            nxt = argv[i + 1] if i + 1 < len(argv) else ""
+            value = nxt if nxt and not nxt.startswith("-") and "=" not in nxt else "VALUE"
+        return f"{tok} is not a flag: configuration keys are set as key=value; did you mean {key}={value}?"
+    return None
 
 
 def _add_synth(p: argparse.ArgumentParser) -> None:
@@ -333,10 +407,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if getattr(args, "_synth_missing", None):
                 raise UserError(f"mlof.data.synth_cli is not available: {args._synth_missing}")
             return _synth(args, synth_parser, extra)
+        hint = _flag_hint(cmd_name, argv[1:])
+        if hint:
+            print(f"mlof {cmd_name}: error: {hint}", file=sys.stderr)
+            return 2
         # key=value overrides may come after flags too (`adapt --config X a=1 -q b=2`): argparse takes one
         # run of positionals, so the later runs come back unparsed and are added here
         args, rest = parser.parse_known_args(argv)
-        stray = [a for a in rest if a.startswith("-") or "=" not in a]
+        stray = [a for a in rest if a.startswith("-") or ("=" not in a and cmd_name != "fetch")]
         if stray:
             parser.error(f"unrecognized arguments: {' '.join(stray)}")
         if rest:
@@ -344,6 +422,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command is None:
             parser.print_help()
             return 2
+        if args.command == "fetch":  # `mlof fetch raft-things gma-things`: bare names are registry names
+            bare = [o for o in args.overrides if "=" not in o]
+            if bare:
+                args.overrides = [o for o in args.overrides if "=" in o] + [f"names=[{','.join(bare)}]"]
         from mlof.train.config import resolve
 
         overrides = list(args.overrides) + (["online=true"] if getattr(args, "online", False) else [])

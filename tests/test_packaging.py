@@ -39,6 +39,7 @@ def test_setup_cfg_metadata():
     extras = cfg["options.extras_require"]
     assert any(Requirement(r).name == "pytest" for r in _lines(extras["test"]))
     assert any(Requirement(r).name == "higher" for r in _lines(extras["higher"]))
+    assert {Requirement(r).name for r in _lines(extras["export"])} == {"onnx", "onnxruntime"}
 
 
 def test_torch_range_admits_2_13_and_nothing_pulls_another_torch():

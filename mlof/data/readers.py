@@ -240,7 +240,7 @@ def _read_kitti(name: str, image_dir: str, root: Any, split: str, flow: str,
     hint = f"no {img_dir}/NNNNNN_10.png + _11.png"
     if split == "training" and img_dir.is_dir() and not (root / split / f"flow_{flow}").is_dir():
         other = "noc" if flow == "occ" else "occ"
-        hint = f"flow_{flow}/ is missing" + (f" (flow_{other}/ exists: pass flow={other!r})"
+        hint = f"flow_{flow}/ is missing" + (f" (flow_{other}/ exists: data.options.flow={other} on the command line, flow={other!r} in Python)"
                                              if (root / split / f"flow_{other}").is_dir() else "")
     _require(records, root / split, name, hint)
     return _finish(name, records, options, sparse=True)

@@ -15,8 +15,11 @@ __all__ = ["add_arguments", "run", "main"]
 _EPILOG = """domain parameters (--set KEY=VALUE; ranges as LOW,HIGH):
 {params}
 
-Example:
-  mlof synth --out data/synth-target --domain target --scenes 200 --size 436 1024 --seed 0
+Every option is also a key=value (the flag's name without dashes, '-' as '_'), like the other subcommands.
+
+Examples:
+  mlof synth out=data/synth-target domain=target scenes=200 size=[436,1024] seed=0
+  mlof synth out=data/custom domain=my_domain.yaml scenes=20 -q
   mlof synth --out data/custom --domain source --set noise_std=2,4 --set blur_sigma=1,1
 Read back with mlof.data.build_dataset("sintel", OUT, pass_="final")."""
 
@@ -60,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="override a domain parameter, e.g. --set noise_std=1,3 (repeatable; see below)")
     parser.add_argument("--overwrite", action="store_true",
                         help="write into a non-empty --out folder (files of the same name are replaced)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     return parser
 
 

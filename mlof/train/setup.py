@@ -28,7 +28,8 @@ def build_model(cfg: ModelConfig | Any, device: torch.device | str = "cpu",
 
     An mlof checkpoint names its own backbone and options (``cfg.options`` override them, e.g. a
     correlation backend); an official release file needs ``cfg.name``. ``checkpoint: default`` is the
-    shipped ``checkpoints/mlof_default.pt``.
+    shipped ``checkpoints/mlof_default.pt``; a name of the official-weights registry (``raft-things``, see
+    ``mlof weights``) is fetched into ``MLOF_HOME`` and verified on first use.
     """
     import backbones
 
@@ -36,6 +37,14 @@ def build_model(cfg: ModelConfig | Any, device: torch.device | str = "cpu",
 
     options = dict(cfg.options or {})
     ckpt = resolve_checkpoint(cfg.checkpoint)
+    entry = _official_entry(ckpt, cfg.name)
+    if entry is not None:
+        # a name of the official-weights registry (``raft-things``): fetched and verified into MLOF_HOME
+        from backbones.fetch import fetch
+
+        path = fetch(entry, progress=True, check_keys=False)  # loaded strictly just below
+        model = backbones.build(entry.backbone, checkpoint=str(path), **{**entry.options, **options})
+        return model.to(device).train()
     if ckpt is not None:
         path = Path(ckpt)
         if not path.is_file():
@@ -82,6 +91,24 @@ def _warn_changed_options(path: Path, saved: dict[str, Any], options: dict[str, 
                                      f"model.options.{key}={options[key]!r}")
     if isinstance(image_range, (list, tuple)) and [float(v) for v in image_range] != [0.0, 255.0]:
         warn_once("ckpt-range", f"{path} was trained on images in {list(image_range)}, mlof feeds 0..255")
+
+
+def _official_entry(ckpt: str | None, name: str | None) -> Any:
+    """The registry entry named by ``model.checkpoint`` (``raft-things``, or ``things`` with ``model.name``),
+    or None when it is a path (an existing file always wins over a registry name)."""
+    if ckpt is None or Path(ckpt).exists() or any(c in str(ckpt) for c in "/\\") or str(ckpt).endswith(
+            (".pt", ".pth", ".tar", ".ckpt")):
+        return None
+    from backbones.weights import UnknownWeightsError, WEIGHTS, resolve_name
+
+    if ckpt in WEIGHTS and name is not None and WEIGHTS[ckpt].backbone != name:
+        net = WEIGHTS[ckpt].backbone
+        raise ConfigError(f"model.checkpoint={ckpt} holds a {net!r} network but model.name is {name!r}: set "
+                          f"model.name={net} (or model.name=null)")
+    try:
+        return resolve_name(name, ckpt) if name is not None else WEIGHTS.get(ckpt)
+    except UnknownWeightsError:
+        return None
 
 
 def build_data(cfg: DataConfig | Any, key: str = "data") -> Dataset:
