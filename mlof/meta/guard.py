@@ -13,7 +13,8 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-__all__ = ["Guard", "NonFiniteError", "require_finite", "START", "IMPROVED", "KEPT", "ROLLBACK_NONFINITE", "ROLLBACK_DIVERGED", "SKIP_GRADIENT"]
+__all__ = ["Guard", "NonFiniteError", "require_finite", "START", "IMPROVED", "KEPT", "ROLLBACK_NONFINITE",
+           "ROLLBACK_DIVERGED", "SKIP_GRADIENT"]
 
 START = "start"
 IMPROVED = "improved"
