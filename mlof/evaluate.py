@@ -106,10 +106,8 @@ def adapt_predict(model: nn.Module, img1: torch.Tensor, img2: torch.Tensor, *, i
     the unadapted and the adapted prediction at the same iterations and padding."""
     import mlof
 
-    if "iters" in options and options["iters"] != iters:
-        raise ValueError(f"adapt.iters ({options['iters']}) differs from iters ({iters}): the adapted and the "
-                         f"unadapted runs use one setting; set iters= instead")
-    options.pop("iters", None)
+    if "iters" in options:
+        raise ValueError("adapt_predict: give the iterations as iters=, not among the mlof.adapt options")
     padder = InputPadder(img1.shape, mode=padding)
     p1, p2 = padder.pad_tensors(img1, img2)
     res = mlof.adapt(model, (p1[0], p2[0]), iters=iters, **options)
@@ -214,6 +212,12 @@ def evaluate(model: nn.Module, dataset: Iterable[Mapping[str, Any]], *, dataset_
         raise ValueError(f"padding: {padding!r} is not one of sintel, kitti")
     if warm_start and adapt:
         raise ValueError("warm_start and adapt cannot be combined (adaptation runs its own predictions)")
+    adapt = dict(adapt) if adapt else None
+    if adapt and "iters" in adapt:
+        if adapt["iters"] != iters:
+            raise ValueError(f"adapt.iters ({adapt['iters']}) differs from iters ({iters}): the adapted and the "
+                             f"unadapted runs use one setting; set iters= instead")
+        del adapt["iters"]
     if warm_start and finished is not None:
         raise ValueError("warm_start cannot be resumed (each pair starts from the previous one's flow); "
                          "run it without resuming")
@@ -263,7 +267,7 @@ def evaluate(model: nn.Module, dataset: Iterable[Mapping[str, Any]], *, dataset_
             t0 = time.perf_counter()
             before, history = None, []
             if adapt:
-                before, flow, history = adapt_predict(model, s1, s2, iters=iters, padding=padding, **dict(adapt))
+                before, flow, history = adapt_predict(model, s1, s2, iters=iters, padding=padding, **adapt)
                 before = plan.flow_back(before, size)
             else:
                 init = None
