@@ -328,7 +328,8 @@ def run_evaluate(cfg: Any, progress: bool = True, resume: bool = False, overwrit
     from mlof.io import write_image
     from mlof.train.config import ConfigError
     from mlof.train.distributed import resolve_device
-    from mlof.train.outputs import PairStore, finite_or_none, flow_format_for, output_stem, prepare_run_folder
+    from mlof.train.outputs import (PairStore, ResizePlan, finite_or_none, flow_format_for, output_stem,
+                                    prepare_run_folder)
     from mlof.train.rundir import RunDir
     from mlof.train.seeding import seed_everything
     from mlof.train.setup import build_data, build_model
@@ -340,15 +341,23 @@ def run_evaluate(cfg: Any, progress: bool = True, resume: bool = False, overwrit
         raise ConfigError(f"tensorboard_images: must be >= 0, got {obj.tensorboard_images}")
     if resume and obj.warm_start:
         raise ConfigError("warm_start=true runs cannot be resumed (each pair starts from the previous one's flow)")
+    adapt = dict(obj.adapt) if obj.adapt else None
+    iters = obj.iters if obj.iters is not None else protocol_for(obj.data.name).iters
+    if adapt and "iters" in adapt and adapt["iters"] != iters:
+        raise ConfigError(f"adapt.iters ({adapt['iters']}) differs from iters ({iters}): the adapted and the "
+                          f"unadapted runs use one setting; set iters= instead")
+    if obj.padding not in (None, "sintel", "kitti"):
+        raise ConfigError(f"padding: {obj.padding!r} is not one of sintel, kitti")
+    ResizePlan(obj.resize, obj.max_side)   # checks resize / max_side
     device = resolve_device(obj.device)
     seed_everything(obj.seed)
     model = build_model(obj.model, device).eval()
     dataset = build_data(obj.data)
+    # nothing is written before the configuration, the data and the weights have been checked
     prepare_run_folder(cfg, obj.out_dir, obj.name, resume=resume, overwrite=overwrite or obj.overwrite)
     run = RunDir(obj.out_dir, obj.name)
     run.save_config(cfg)
     store = PairStore(run, fmt, images=obj.images, save_flows=obj.save_flows)
-    adapt = dict(obj.adapt) if obj.adapt else None
 
     def on_sample(i: int, sample: Mapping[str, Any], r: PairEvaluation) -> None:
         stem = output_stem(sample, i)
@@ -359,8 +368,8 @@ def run_evaluate(cfg: Any, progress: bool = True, resume: bool = False, overwrit
         if obj.images or _tb_panel_due(run, i, obj.tensorboard_images):
             picture = flow_panel([sample["img1"], sample["img2"]], r.flow.cpu(), gt=sample["flow"],
                                  valid=sample.get("valid"), before=None if r.before is None else r.before.cpu())
-        if obj.images and run.is_main:
-            write_image(run.path / "images" / f"{stem}_panel.png", picture)
+        if obj.images:
+            store.write_picture(f"{stem}_panel.png", picture)
         scalars = {k: r.metrics.get(k) for k in ("epe", "fl_all")}
         if r.metrics_before is not None:
             scalars.update({f"{k}_before": r.metrics_before.get(k) for k in ("epe", "fl_all")})

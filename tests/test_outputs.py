@@ -132,6 +132,7 @@ def test_evaluate_adapted_reports_before_and_after_at_one_setting(tmp_path, tree
     assert len(list((run / "images").rglob("*_panel.png"))) == 2
     assert not (tmp_path / "plain" / "summary.png").exists()
     assert main(["evaluate", *common, "name=bad", "adapt={steps: 1, iters: 5}"]) == 2   # one setting only
+    assert not (tmp_path / "bad").exists()               # refused before anything is written
 
 
 def test_evaluate_resume_rebuilds_the_exact_summary(tmp_path, tree, pretrained):

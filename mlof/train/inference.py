@@ -104,6 +104,7 @@ class _Run:
     plan: ResizePlan
     iters: int
     padding: str
+    model: torch.nn.Module
 
 
 def _setup(cfg: DictConfig, resume: bool, overwrite: bool) -> _Run:
@@ -132,11 +133,19 @@ def _setup(cfg: DictConfig, resume: bool, overwrite: bool) -> _Run:
         pairs = _Pick(pairs, [int(i) for i in obj.pairs])
     if obj.max_pairs:
         pairs = _Pick(pairs, list(range(min(obj.max_pairs, len(pairs)))))
+    if getattr(obj, "online", False) and obj.data is not None:
+        raise ConfigError("online: adapting along a sequence needs consecutive frames (input=folder/video/"
+                          "clip), not a dataset of independent pairs")
+    if "iters" in getattr(obj, "options", {}) and obj.options["iters"] != iters:
+        raise ConfigError(f"options.iters ({obj.options['iters']}) differs from iters ({iters}): before and after "
+                          f"are scored at one setting; set iters= instead")
+    model = build_model(obj.model, device).eval()
+    # nothing is written before the configuration, the input and the weights have been checked
     prepare_run_folder(cfg, obj.out_dir, obj.name, resume=resume, overwrite=overwrite or obj.overwrite)
     run = RunDir(obj.out_dir, obj.name)
     run.save_config(cfg)
     store = PairStore(run, fmt, images=obj.images, save_flows=obj.save_flows)
-    return _Run(obj, device, run, pairs, what, store, plan, iters, padding)
+    return _Run(obj, device, run, pairs, what, store, plan, iters, padding, model)
 
 
 def _epe(flow: torch.Tensor, sample: dict[str, Any]) -> float | None:
@@ -182,12 +191,8 @@ def _write_adapted(r: _Run, k: int, sample: dict[str, Any], before: torch.Tensor
 
 
 def _adapt_options(r: _Run) -> dict[str, Any]:
-    options = dict(r.obj.options)
-    if "iters" in options and options["iters"] != r.iters:
-        raise ConfigError(f"options.iters ({options['iters']}) differs from iters ({r.iters}): before and after "
-                          f"are scored at one setting; set iters= instead")
-    options.pop("iters", None)
-    return options
+    """``options`` without ``iters`` (checked against ``iters`` in ``_setup``; passed separately)."""
+    return {k: v for k, v in dict(r.obj.options).items() if k != "iters"}
 
 
 def run_adapt(cfg: DictConfig, progress: bool = True, resume: bool = False, overwrite: bool = False
@@ -199,12 +204,9 @@ def run_adapt(cfg: DictConfig, progress: bool = True, resume: bool = False, over
     r = _setup(cfg, resume, overwrite)
     n = len(r.pairs)
     options = _adapt_options(r)
-    model = build_model(r.obj.model, r.device).eval()
+    model = r.model
     t0 = time.perf_counter()
     if r.obj.online:
-        if r.obj.data is not None:
-            raise ConfigError("online: adapting along a sequence needs consecutive frames (input=folder/video/"
-                              "clip), not a dataset of independent pairs")
         _adapt_online(r, model, options, resume, progress)
     else:
         todo = _todo(r.store, n, resume)
@@ -281,7 +283,7 @@ def run_infer(cfg: DictConfig, progress: bool = True, resume: bool = False, over
     r = _setup(cfg, resume, overwrite)
     if resume and r.obj.warm_start:
         raise ConfigError("warm_start=true runs cannot be resumed (each pair starts from the previous one's flow)")
-    model = build_model(r.obj.model, r.device).eval()
+    model = r.model
     n = len(r.pairs)
     t0 = time.perf_counter()
     low, prev_meta = None, None

@@ -255,9 +255,16 @@ class PairStore:
 
         img = flow_panel([sample["img1"], sample["img2"]], flow.detach().cpu(), gt=sample.get("flow"),
                          valid=sample.get("valid"), before=None if before is None else before.detach().cpu())
-        path = self.path / "images" / f"{stem}_panel.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_image(path, img)
+        self.write_picture(f"{stem}_panel.png", img)
+
+    def write_picture(self, name: str, img: np.ndarray) -> None:
+        """``images/<name>``, shrunk to at most ``PANEL_MAX_WIDTH`` px wide (a Sintel panel of four full-size
+        tiles is 4100 px wide; the full-resolution colour flows are written separately)."""
+        if not (self.run.is_main and self.images):
+            return
+        from mlof.io import write_image
+
+        write_image(self.path / "images" / name, fit_width(img, PANEL_MAX_WIDTH))
 
     def write_online_state(self, state: Mapping[str, Any]) -> None:
         """``state/online.pt`` (tensors and ints; read back with ``weights_only=True``)."""
@@ -271,6 +278,19 @@ class PairStore:
         if not p.is_file():
             return None
         return torch.load(p, map_location="cpu", weights_only=True)
+
+
+PANEL_MAX_WIDTH = 2048
+
+
+def fit_width(img: np.ndarray, max_width: int) -> np.ndarray:
+    """Shrink an H x W x 3 uint8 picture (area interpolation) so that W <= max_width; smaller ones unchanged."""
+    import cv2
+
+    h, w = img.shape[:2]
+    if w <= max_width:
+        return img
+    return cv2.resize(img, (max_width, max(1, round(h * max_width / w))), interpolation=cv2.INTER_AREA)
 
 
 def finite_or_none(x: Any) -> float | None:
