@@ -27,9 +27,8 @@ def _same_flow(sample, path):
     flow, valid = read_flow(path)
     assert np.array_equal(sample["valid"].numpy() & valid, sample["valid"].numpy())
     got = sample["flow"].permute(1, 2, 0).numpy()
-    v = sample["valid"].numpy()
-    np.testing.assert_array_equal(got[v], flow[v])
-    assert not got[~v].any()          # flow is zeroed where not valid
+    np.testing.assert_array_equal(got[valid], flow[valid])   # the file's values, also where `valid` is False
+    assert not got[~valid].any()      # zero only where the file stores no value
 
 
 # ---------------------------------------------------------------------------------------------- shared samples
@@ -265,3 +264,30 @@ def test_video_reader(tmp_path):
         build_dataset("video", bad)
     with pytest.raises(DatasetLayoutError, match="does not exist"):
         build_dataset("video", tmp_path / "missing.mp4")
+
+
+def test_sintel_ground_truth_is_the_file_and_invalid_pixels_only_change_valid(tmp_path):
+    # Sintel's training/invalid marks pixels whose flow is stored but must not be scored: the flow must be the
+    # file's values there (issue: it used to be zeroed), and `valid` False.
+    import cv2
+    from mlof.data import build_dataset
+    from mlof.io import write_flow
+    scene = "s"
+    for sub in ("clean", "flow", "invalid"):
+        (tmp_path / "training" / sub / scene).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for k in (1, 2):
+        cv2.imwrite(str(tmp_path / "training" / "clean" / scene / f"frame_{k:04d}.png"),
+                    rng.integers(0, 255, (8, 10, 3), dtype=np.uint8))
+    flow = rng.normal(0, 3, (8, 10, 2)).astype(np.float32)
+    flow[0, 0] = 2e9                       # the .flo "unknown" sentinel: no value in the file
+    write_flow(tmp_path / "training" / "flow" / scene / "frame_0001.flo", flow)
+    inv = np.zeros((8, 10), np.uint8)
+    inv[4:, 5:] = 255
+    cv2.imwrite(str(tmp_path / "training" / "invalid" / scene / "frame_0001.png"), inv)
+    s = build_dataset("sintel", tmp_path)[0]
+    got = s["flow"].permute(1, 2, 0).numpy()
+    assert np.array_equal(got[4:, 5:], flow[4:, 5:])          # stored values kept where invalid
+    assert not bool(s["valid"][0, 0]) and float(np.abs(got[0, 0]).max()) == 0.0  # no value -> 0, never 1e9
+    assert bool(s["valid"][1, 1]) and np.array_equal(got[1:4, :5], flow[1:4, :5])
+    assert not s["valid"][4:, 5:].any()

@@ -146,10 +146,24 @@ def test_ssim_matches_textbook_formula_and_is_zero_on_identical_images():
     y = _smooth_images(2, 9, 11, dtype=D64, seed=3) / 255
     assert torch.allclose(L.ssim_3x3(x, y), _release_ssim(x, y), atol=1e-10)
     assert float(L.ssim_3x3(x, x).abs().max()) < 1e-12
-    # 0..255 in float32: the textbook form suffers cancellation, ours stays close to the float64 value
+    # 0..255 in float32: the release's own arithmetic (bit for bit); precision="float64" is the corrected one
     x255, y255 = (x * 255), (y * 255)
+    assert torch.equal(L.ssim_3x3(x255.float(), y255.float()), _release_ssim(x255.float(), y255.float()))
     ref = _release_ssim(x255, y255)
-    assert torch.allclose(L.ssim_3x3(x255.float(), y255.float()).double(), ref, atol=2e-3)
+    assert torch.allclose(L.ssim_3x3(x255.float(), y255.float(), precision="float64").double(), ref, atol=1e-6)
+    assert L.ssim_3x3(x255.float(), y255.float(), precision="float64").dtype == torch.float32
+
+
+def test_ssim_is_exactly_zero_where_a_mask_zeroed_the_whole_window():
+    # The release multiplies both images by the non-occluded mask before SSIM: fully masked windows must give 0
+    # in float32 (a mean-shifted variance would leave ~0.1 there at 0..255).
+    x = _smooth_images(1, 16, 16) * 255
+    y = _smooth_images(1, 16, 16, seed=2) * 255
+    mask = torch.ones(1, 1, 16, 16)
+    mask[..., 4:12, 4:12] = 0
+    d = L.ssim_3x3(x * mask, y * mask)
+    assert float(d[..., 5:11, 5:11].abs().max()) == 0.0
+    assert float(d[..., :2, :2].min()) > 0.0
 
 
 def test_photometric_gradchecks():

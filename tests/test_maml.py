@@ -234,3 +234,57 @@ def test_from_learn2learn_reads_the_wrapper():
     assert type(plain) is MAML and plain.lr == 0.1 and not plain.first_order
     with pytest.raises(ValueError, match="not a learn2learn"):
         from_learn2learn(object())
+
+
+# ---------------------------------------------------------------------------------------------- tied parameters
+class _TiedBlock(nn.Module):
+    """Like the official RAFT/GMA residual block: ``norm`` is also ``down.1`` (one module, two names), and
+    ``head`` shares its weight tensor with ``tail`` (a parameter tied across two modules)."""
+
+    def __init__(self, tied: bool):
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.norm = nn.BatchNorm2d(3)
+        self.head = nn.Linear(3, 3)
+        self.out = nn.Linear(3, 2)
+        if tied:
+            self.down = nn.Sequential(self.conv, self.norm)   # registered after `norm`: canonical name is norm.*
+            self.tail = nn.Linear(3, 3, bias=False)
+            self.tail.weight = self.head.weight
+        self.tied = tied
+
+    def forward(self, x):
+        y = self.down(x) if self.tied else self.norm(self.conv(x))
+        z = torch.tanh(self.head(y.mean((2, 3))))
+        w = self.tail(z) if self.tied else nn.functional.linear(z, self.head.weight)
+        return self.out(torch.tanh(w))
+
+
+def _tied_meta_grads(net: nn.Module, maml_cls, backend: str = "func", first_order: bool = False):
+    g = torch.Generator().manual_seed(4)
+    xs, xq = torch.randn(4, 2, 5, 5, generator=g), torch.randn(4, 2, 5, 5, generator=g)
+    kwargs = {} if maml_cls is MetaSGD else {"backend": backend}
+    maml = maml_cls(net.train(), 0.1, first_order=first_order, **kwargs)
+    learner = maml.clone()
+    for _ in range(2):
+        learner.adapt((learner(xs) ** 2).mean())
+    (learner(xq) ** 2).mean().backward()
+    return {n: (None if p.grad is None else p.grad.clone()) for n, p in net.named_parameters()}
+
+
+@pytest.mark.parametrize("maml_cls,backend,first_order", [(MAML, "func", False), (MAML, "func", True),
+                                                          (MetaSGD, "func", False), (MAML, "higher", False)])
+def test_tied_parameters_adapt_and_get_meta_gradients(maml_cls, backend, first_order):
+    if backend == "higher":
+        pytest.importorskip("higher")
+    tied, plain = _TiedBlock(True), _TiedBlock(False)
+    assert sorted(n for n, _ in tied.named_parameters()) == sorted(n for n, _ in plain.named_parameters())
+    got = _tied_meta_grads(tied, maml_cls, backend, first_order)
+    want = _tied_meta_grads(plain, maml_cls, backend, first_order)
+    for name, g in want.items():
+        assert got[name] is not None, f"{name} got no meta-gradient"
+        assert torch.allclose(got[name], g, rtol=1e-5, atol=1e-7), name
+    # The wrapped network still holds its own leaf parameters under both names afterwards.
+    assert isinstance(tied.norm.weight, nn.Parameter) and tied.down[1].weight is tied.norm.weight
+    assert isinstance(tied.tail.weight, nn.Parameter) and tied.tail.weight is tied.head.weight

@@ -4,7 +4,9 @@ A *sample* is a dict:
 
 * ``img1``, ``img2``: float32 tensors 3 x H x W, values 0..255 (RGB);
 * ``flow``: float32 2 x H x W (channel 0 = u/x, 1 = v/y) and ``valid``: bool H x W, when ground truth exists
-  (the flow is 0 wherever ``valid`` is False, so sentinel values never reach a loss);
+  (the flow holds the file's values; only where the file itself stores no value -- a ``.flo`` "unknown"
+  sentinel above 1e9, a KITTI pixel with B = 0, NaN/Inf -- it is 0, so sentinels never reach a loss; masks such
+  as Sintel's ``training/invalid`` or RAFT's |flow| >= 1000 rule for Things act on ``valid`` only);
 * ``occ``: bool H x W (True = visible in frame 1, hidden in frame 2), when the dataset has occlusion maps;
 * ``meta``: a dict that collates (strings and ints only, the same keys for every dataset):
   ``dataset``, ``variant`` (pass / flow kind, "" if none), ``scene``, ``frame`` (frame number of img1 as in the
@@ -83,9 +85,11 @@ def to_sample(raw: RawSample, meta: dict[str, Any]) -> dict[str, Any]:
         out[key] = torch.from_numpy(img).permute(2, 0, 1).contiguous()
     if raw.get("flow") is not None:
         flow = np.ascontiguousarray(raw["flow"], dtype=np.float32)
-        valid = np.asarray(raw["valid"], dtype=bool) if raw.get("valid") is not None \
-            else np.isfinite(flow).all(axis=2)
-        flow = np.where(valid[..., None], flow, 0.0).astype(np.float32)
+        finite = np.isfinite(flow).all(axis=2)
+        valid = np.asarray(raw["valid"], dtype=bool) if raw.get("valid") is not None else finite
+        # Ground truth as stored (readers already zeroed the file's own "no value" pixels); only non-finite
+        # values are replaced, since they would poison any loss even where masked.
+        flow = np.where(finite[..., None], flow, 0.0).astype(np.float32)
         out["flow"] = torch.from_numpy(flow).permute(2, 0, 1).contiguous()
         out["valid"] = torch.from_numpy(np.ascontiguousarray(valid))
     if raw.get("occ") is not None:
@@ -210,6 +214,9 @@ class RecordDataset(FlowDataset):
                 raise ValueError(f"{r.flow}: flow is {flow.shape[:2]} but the frames are "
                                  f"{raw['img1'].shape[:2]}")
             valid &= np.isfinite(flow).all(axis=2)
+            # Pixels the file has no value for are 0; every other pixel keeps its stored flow, also where
+            # a mask below marks it invalid (Sintel training/invalid, RAFT's Things rule).
+            flow = np.where(valid[..., None], flow, 0.0).astype(np.float32)
             if self.max_abs_flow is not None:
                 valid &= (np.abs(flow) < self.max_abs_flow).all(axis=2)
             if r.invalid is not None and os.path.exists(r.invalid):

@@ -161,7 +161,7 @@ class SyntheticFlowDataset(FlowDataset):
         out = to_sample({"img1": frames[0], "img2": frames[1], "flow": s["flows"][0], "valid": s["valids"][0],
                          "occ": s["occs"][0]}, self.meta(index))
         out["frames"] = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).contiguous()
-        flows = np.where(s["valids"][..., None], s["flows"], 0.0).astype(np.float32)   # 0 where not valid
+        flows = np.ascontiguousarray(s["flows"], dtype=np.float32)   # exact everywhere; `valids` masks scoring
         out["flows"] = torch.from_numpy(flows).permute(0, 3, 1, 2).contiguous()
         out["valids"] = torch.from_numpy(s["valids"])
         out["occs"] = torch.from_numpy(s["occs"])

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import LossInputError, LossOutput, check_flow, check_images, float32_region, masked_mean, to_float
+from .common import MASK_EPS, LossInputError, LossOutput, check_flow, check_images, float32_region, masked_mean, to_float
 from .distill import augmentation_regularization, pyramid_distillation, self_supervision
 from .occlusion import occlusion_fb, occlusion_range_map
 from .photometric import abs_robust, census, charbonnier, ssim_3x3, ternary
@@ -92,24 +92,36 @@ class UnsupervisedLoss(nn.Module):
 
     # ------------------------------------------------------------ photometric
     def _photo(self, img1: torch.Tensor, img2: torch.Tensor, flow: torch.Tensor,
-               noc: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Weighted photometric terms of one direction at one resolution (img1 is the reference)."""
+               noc: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Photometric terms of one direction at one resolution (img1 is the reference).
+
+        Returns (per-term values, each weighted and normalised, for logging; the group's value). The group is
+        computed in the release's order of operations (``sum_k mean(w_k * err_k) / mean(noc)`` for the
+        ARFlow/MLOF masked-input style): at 0..255 the SSIM gradient cancels catastrophically in float32, so
+        a different rounding order moves it measurably. ``photo_scale`` is applied by the caller.
+        """
         cfg = self.config
         w = cfg.weights
         rec, _ = warp(img2, flow, padding=cfg.warp_padding)
-        out: dict[str, torch.Tensor] = {}
-        norm = noc.mean() + 1e-7
+        # The release divides by mean(noc) exactly; the floor only keeps an all-occluded mask from giving NaN.
+        norm = noc.mean().clamp_min(MASK_EPS)
+        maps: dict[str, torch.Tensor] = {}     # weighted per-pixel maps whose mean / norm is the term
+        out: dict[str, torch.Tensor] = {}      # terms normalised some other way
         if w.get("photo_l1", 0) > 0:
-            out["photo_l1"] = w["photo_l1"] * masked_mean((img1 - rec).abs(), noc)
+            if cfg.ssim_masked_inputs:
+                maps["photo_l1"] = w["photo_l1"] * (img1 - rec).abs() * noc
+            else:
+                out["photo_l1"] = w["photo_l1"] * masked_mean((img1 - rec).abs(), noc)
         if w.get("photo_ssim", 0) > 0:
             if cfg.ssim_masked_inputs:
-                out["photo_ssim"] = w["photo_ssim"] * ssim_3x3(rec * noc, img1 * noc).mean() / norm
+                maps["photo_ssim"] = w["photo_ssim"] * ssim_3x3(rec * noc, img1 * noc, precision=cfg.ssim_precision)
             else:
-                out["photo_ssim"] = w["photo_ssim"] * masked_mean(ssim_3x3(rec, img1), noc)
+                out["photo_ssim"] = w["photo_ssim"] * masked_mean(
+                    ssim_3x3(rec, img1, precision=cfg.ssim_precision), noc)
         if w.get("photo_ternary", 0) > 0:
             if cfg.ssim_masked_inputs:
-                err = ternary(rec * noc, img1 * noc, max_distance=1, max_value=cfg.image_scale)
-                out["photo_ternary"] = w["photo_ternary"] * err.mean() / norm
+                maps["photo_ternary"] = w["photo_ternary"] * ternary(rec * noc, img1 * noc, max_distance=1,
+                                                                     max_value=cfg.image_scale)
             else:
                 err = ternary(rec, img1, max_distance=1, max_value=cfg.image_scale)
                 out["photo_ternary"] = w["photo_ternary"] * masked_mean(err, noc)
@@ -123,11 +135,21 @@ class UnsupervisedLoss(nn.Module):
             # UPFlow sums the per-channel penalty before normalising by the (1-channel) mask sum.
             err = abs_robust(img1 - rec, cfg.robust_eps, cfg.robust_q).sum(1, keepdim=True)
             out["photo_abs_robust"] = w["photo_abs_robust"] * masked_mean(err, noc)
-        return {k: cfg.photo_scale * v for k, v in out.items()}
+        means = {k: v.mean() for k, v in maps.items()}
+        group = None
+        if means:
+            group = sum(means.values()) / norm
+        for v in out.values():
+            group = v if group is None else group + v
+        terms = {k: v / norm for k, v in means.items()}
+        terms.update(out)
+        return terms, group
 
     # -------------------------------------------------------------- smoothness
-    def _smooth(self, img: torch.Tensor, flow: torch.Tensor,
-                pyramid: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _smooth(self, img: torch.Tensor, flow: torch.Tensor, pyramid: Sequence[torch.Tensor],
+                backward: bool = False) -> dict[str, torch.Tensor]:
+        """Unweighted smoothness of one direction per order (``smooth1``, ``smooth2``); weights applied after
+        the directions are combined, as the release does (``w_smooth * (s_fw + s_bw) / 2``)."""
         cfg = self.config
         out: dict[str, torch.Tensor] = {}
         orders = [(o, cfg.weights.get(f"smooth{o}", 0.0)) for o in (1, 2)]
@@ -142,11 +164,11 @@ class UnsupervisedLoss(nn.Module):
         level_flow = next((p for p in pyramid if tuple(p.shape[-2:]) == size), None) if level else None
         if level_flow is None:
             level_flow = downsample_flow(flow, size) if level else flow
-        if cfg.smooth_flow_norm == "min_hw":
+        if cfg.smooth_flow_norm == "min_hw" or (backward and cfg.smooth_bw_min_hw):
             level_flow = level_flow / min(size)
         for order, weight in orders:
             if weight > 0:
-                out[f"smooth{order}"] = weight * edge_aware_smoothness(
+                out[f"smooth{order}"] = edge_aware_smoothness(
                     level_flow, image, order=order, edge_constant=cfg.edge_constant,
                     variant=cfg.smooth_variant, weighting=cfg.edge_weighting)
         return out
@@ -170,18 +192,28 @@ class UnsupervisedLoss(nn.Module):
             pyr_fw = [to_float(p) for p in extras.get("pyramid_fw") or []]
             pyr_bw = [to_float(p) for p in extras.get("pyramid_bw") or []]
             noc_fw, noc_bw = self._noc_masks(f_fw, f_bw)
-            directions = [(i1, i2, f_fw, noc_fw, pyr_fw)]
+            directions = [(i1, i2, f_fw, noc_fw, pyr_fw, False)]
             if f_bw is not None:
-                directions.append((i2, i1, f_bw, noc_bw, pyr_bw))
-            factor = 1.0 / len(directions) if cfg.bidirectional == "mean" else 1.0
-            terms: dict[str, torch.Tensor] = {}
+                directions.append((i2, i1, f_bw, noc_bw, pyr_bw, True))
 
-            def add(name: str, value: torch.Tensor) -> None:
-                terms[name] = terms[name] + value if name in terms else value
+            def combine(values: list[torch.Tensor]) -> torch.Tensor:
+                # The release's order: (fw + bw) / 2 ("mean") or fw + bw ("sum").
+                total = values[0]
+                for v in values[1:]:
+                    total = total + v
+                return total / len(values) if cfg.bidirectional == "mean" and len(values) > 1 else total
 
-            for ref, other, flow, noc, pyramid in directions:
-                for k, v in self._photo(ref, other, flow, noc).items():
-                    add(k, factor * v)
+            per_dir: dict[str, list[torch.Tensor]] = {}   # term -> one value per direction
+            groups: list[torch.Tensor] = []               # full-resolution photometric group per direction
+            smooth: dict[str, list[torch.Tensor]] = {}
+            extra_dir: dict[str, list[torch.Tensor]] = {}  # pyramid levels and distillation, already weighted
+            for ref, other, flow, noc, pyramid, backward in directions:
+                terms_d, group = self._photo(ref, other, flow, noc)
+                for k, v in terms_d.items():
+                    per_dir.setdefault(k, []).append(v)
+                if group is not None:
+                    groups.append(group)
+                level_terms: dict[str, torch.Tensor] = {}
                 for level, lw in zip(pyramid, cfg.pyramid_photo_weights):
                     if lw <= 0:
                         continue
@@ -190,17 +222,36 @@ class UnsupervisedLoss(nn.Module):
                     r = F.interpolate(ref, size=size, mode="area")
                     o = F.interpolate(other, size=size, mode="area")
                     m = F.interpolate(noc, size=size, mode="nearest")
-                    for k, v in self._photo(r, o, level, m).items():
-                        add(k, factor * lw * v)
-                for k, v in self._smooth(ref, flow, pyramid).items():
-                    add(k, factor * v)
+                    for k, v in self._photo(r, o, level, m)[0].items():
+                        level_terms[k] = level_terms[k] + lw * v if k in level_terms else lw * v
+                for k, v in self._smooth(ref, flow, pyramid, backward).items():
+                    smooth.setdefault(k, []).append(v)
                 if cfg.weights.get("distill", 0) > 0 and pyramid:
-                    add("distill", factor * cfg.weights["distill"] * pyramid_distillation(
-                        pyramid, flow, noc, eps=cfg.robust_eps, q=cfg.robust_q))
-            self._flow_terms(terms, extras, add)
-            if not terms:
-                terms["zero"] = (f_fw * 0.0).sum()
-            total = sum(terms.values())
+                    level_terms["distill"] = cfg.weights["distill"] * pyramid_distillation(
+                        pyramid, flow, noc, eps=cfg.robust_eps, q=cfg.robust_q)
+                for k, v in level_terms.items():
+                    extra_dir.setdefault(k, []).append(v)
+
+            terms: dict[str, torch.Tensor] = {k: cfg.photo_scale * combine(v) for k, v in per_dir.items()}
+            total = cfg.photo_scale * combine(groups) if groups else None
+            for k, values in smooth.items():
+                terms[k] = cfg.weights[k] * combine(values)
+                total = terms[k] if total is None else total + terms[k]
+            for k, values in extra_dir.items():
+                v = combine(values) * (cfg.photo_scale if k != "distill" else 1.0)
+                terms[k] = terms[k] + v if k in terms else v
+                total = v if total is None else total + v
+            flow_terms: dict[str, torch.Tensor] = {}
+
+            def add(name: str, value: torch.Tensor) -> None:
+                flow_terms[name] = flow_terms[name] + value if name in flow_terms else value
+
+            self._flow_terms(flow_terms, extras, add)
+            for k, v in flow_terms.items():
+                terms[k] = v
+                total = v if total is None else total + v
+            if total is None:
+                terms["zero"] = total = (f_fw * 0.0).sum()
         ex = {"noc_fw": noc_fw.detach()}
         if noc_bw is not None:
             ex["noc_bw"] = noc_bw.detach()

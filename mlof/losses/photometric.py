@@ -41,32 +41,35 @@ def robust_l1(x: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
 
 
 def ssim_3x3(x: torch.Tensor, y: torch.Tensor, c1: float = 0.01 ** 2, c2: float = 0.03 ** 2,
-             mask: torch.Tensor | None = None) -> torch.Tensor:
+             mask: torch.Tensor | None = None, precision: str = "native") -> torch.Tensor:
     """SSIM dissimilarity ``clamp((1 - SSIM) / 2, 0, 1)`` over 3x3 windows, as ARFlow's ``SSIM`` (N x C x H x W).
 
-    Windows are averaged with zero padding counted in (``AvgPool2d(3, 1, 1)``), like the release. c1, c2
-    are the usual constants for images in 0..1; with 0..255 images (the MLOF release quirk) they become
-    negligible. The local variances are computed on a shifted copy of the padded image (variance is shift
-    invariant), which gives the same value as the release up to float rounding but avoids the
-    catastrophic cancellation of ``E[x^2] - E[x]^2`` at 0..255 that makes the release's SSIM noisy on
-    flat regions; the variances are clamped at 0 for the same reason.
+    Exactly the release's arithmetic: windows averaged with zero padding counted in (``AvgPool2d(3, 1, 1)``),
+    variances as ``E[x^2] - E[x]^2``. c1, c2 are the usual constants for images in 0..1; with 0..255 images
+    (the MLOF release quirk) they become negligible and ``E[x^2] - E[x]^2`` cancels catastrophically in
+    float32 on flat regions. A window that a mask has set entirely to zero gives exactly 0, as in the release.
+    precision: "native" (the input dtype, the release) or "float64" (computed in double, cast back: the
+    corrected variant for 0..255 images; differentiable like the native path).
     """
     if x.shape != y.shape:
         raise LossInputError(f"ssim_3x3 needs equal shapes, got {tuple(x.shape)} and {tuple(y.shape)}")
-    xp = F.pad(x, (1, 1, 1, 1))
-    yp = F.pad(y, (1, 1, 1, 1))
-    shift = (0.5 * (x + y)).mean(dim=(2, 3), keepdim=True).detach()
-    xs, ys = xp - shift, yp - shift
-    mu_xs = F.avg_pool2d(xs, 3, 1)
-    mu_ys = F.avg_pool2d(ys, 3, 1)
-    sigma_x = (F.avg_pool2d(xs * xs, 3, 1) - mu_xs * mu_xs).clamp_min(0.0)
-    sigma_y = (F.avg_pool2d(ys * ys, 3, 1) - mu_ys * mu_ys).clamp_min(0.0)
-    sigma_xy = F.avg_pool2d(xs * ys, 3, 1) - mu_xs * mu_ys
-    mu_x = F.avg_pool2d(xp, 3, 1)
-    mu_y = F.avg_pool2d(yp, 3, 1)
-    num = (2 * mu_x * mu_y + c1) * (2 * sigma_xy + c2)
-    den = (mu_x * mu_x + mu_y * mu_y + c1) * (sigma_x + sigma_y + c2)
-    return _reduce(((1.0 - num / den) / 2.0).clamp(0.0, 1.0), mask)
+    if precision not in ("native", "float64"):
+        raise LossInputError(f"precision must be 'native' or 'float64', got {precision!r}")
+    dtype = x.dtype
+    if precision == "float64":
+        x, y = x.double(), y.double()
+    mu_x = F.avg_pool2d(x, 3, 1, 1)
+    mu_y = F.avg_pool2d(y, 3, 1, 1)
+    mu_xy = mu_x * mu_y
+    mu_x_sq = mu_x.pow(2)
+    mu_y_sq = mu_y.pow(2)
+    sigma_x = F.avg_pool2d(x * x, 3, 1, 1) - mu_x_sq
+    sigma_y = F.avg_pool2d(y * y, 3, 1, 1) - mu_y_sq
+    sigma_xy = F.avg_pool2d(x * y, 3, 1, 1) - mu_xy
+    num = (2 * mu_xy + c1) * (2 * sigma_xy + c2)
+    den = (mu_x_sq + mu_y_sq + c1) * (sigma_x + sigma_y + c2)
+    dist = torch.clamp((1 - num / den) / 2, 0, 1).to(dtype)
+    return _reduce(dist, mask)
 
 
 def rgb_to_gray(img: torch.Tensor) -> torch.Tensor:

@@ -54,6 +54,11 @@ class RecipeConfig:
     smooth_level:     resolution of the smoothness term: the images are halved this many times and the flow
                       taken from ``extras['pyramid_fw']`` at that size or area-downsampled (UFlow 2, others 0).
     smooth_flow_norm: "none" or "min_hw" (ARFlow divides the flow by min(H, W) before its smoothness).
+    smooth_bw_min_hw: MLOF release quirk: the BACKWARD flow's smoothness is computed on ``flow_bw / min(H, W)``
+                      (the release assigns ``s = min(h, w)`` between the forward and the backward term), which
+                      makes it practically vanish. True in the "mlof" recipe; "mlof_paper" turns it off.
+    ssim_precision:   "native" (float32 ``E[x^2] - E[x]^2``, the releases) or "float64" (no cancellation on
+                      0..255 images).
     pyramid_photo_weights: photometric weight of each extra pyramid level in ``extras['pyramid_fw']``
                       (finest first, after the full-resolution flow); ARFlow w_scales[1:] = (1, 1, 1, 0).
     ar_weight / selfsup options: see ``distill.py``; fb_sigma_teacher / fb_sigma_student SMURF 0.003 / 0.03.
@@ -84,6 +89,8 @@ class RecipeConfig:
     edge_weighting: str = "exponential"
     smooth_level: int = 0
     smooth_flow_norm: str = "none"
+    smooth_bw_min_hw: bool = False
+    ssim_precision: str = "native"
     pyramid_photo_weights: tuple[float, ...] = ()
     fb_sigma_teacher: float = 0.003
     fb_sigma_student: float = 0.03
@@ -103,11 +110,18 @@ def _frozen(**weights: float) -> Mapping[str, float]:
 RECIPES: Mapping[str, RecipeConfig] = MappingProxyType({
     # MLOF release (ChaerinMin/MLOF meta_train.py arloss defaults + core/advanced_loss/flow_loss.py):
     # 4 * (0.15 L1 + 0.85 SSIM)/mean(noc) + 75 * smooth2 (alpha 10), bidirectional, range map th 0.2,
-    # images in 0..255, smoothness on the pixel flow (s = 1 at the only weighted level), wkeeper 10.
+    # images in 0..255, forward smoothness on the pixel flow, backward smoothness on flow_bw / min(H, W)
+    # (quirk), float32 SSIM, wkeeper 10. docs/fidelity.md lists every quirk and its switch.
     "mlof": RecipeConfig(name="mlof", weights=_frozen(photo_l1=0.15, photo_ssim=0.85, smooth2=75.0),
                          photo_scale=4.0, image_scale=255.0, occlusion="range_map", occ_threshold=0.2,
                          warp_padding="border", smooth_variant="arflow", edge_constant=10.0,
-                         smooth_flow_norm="none", keep_close_weight=10.0),
+                         smooth_flow_norm="none", smooth_bw_min_hw=True, keep_close_weight=10.0),
+    # MLOF as its paper describes it (the release's quirks switched off): images in 0..1 (so SSIM's constants
+    # and the edge weight exp(-10 |dI|) act as in ARFlow), both directions' smoothness on the pixel flow.
+    "mlof_paper": RecipeConfig(name="mlof_paper", weights=_frozen(photo_l1=0.15, photo_ssim=0.85, smooth2=75.0),
+                               photo_scale=4.0, image_scale=1.0, occlusion="range_map", occ_threshold=0.2,
+                               warp_padding="border", smooth_variant="arflow", edge_constant=10.0,
+                               smooth_flow_norm="none", smooth_bw_min_hw=False, keep_close_weight=10.0),
     # ARFlow configs/kitti_raw.json (first stage): 0.15 L1 + 0.85 SSIM, range map, smooth2 75, alpha 10,
     # w_scales (1, 1, 1, 1, 0), w_sm_scales (1, 0, ...), flow / min(H, W) in the smoothness; w_ar 0.01.
     "arflow": RecipeConfig(name="arflow", weights=_frozen(photo_l1=0.15, photo_ssim=0.85, smooth2=75.0, ar=0.01),
@@ -148,7 +162,8 @@ def _validate(cfg: RecipeConfig) -> RecipeConfig:
             raise LossInputError(f"weight of {k!r} must be a number >= 0, got {v!r}")
     checks = {"bidirectional": ("mean", "sum"), "occlusion": _OCCLUSIONS,
               "warp_padding": ("border", "zeros", "reflection"), "smooth_variant": ("arflow", "uflow", "upflow"),
-              "edge_weighting": ("exponential", "gaussian"), "smooth_flow_norm": ("none", "min_hw")}
+              "edge_weighting": ("exponential", "gaussian"), "smooth_flow_norm": ("none", "min_hw"),
+              "ssim_precision": ("native", "float64")}
     for key, allowed in checks.items():
         if getattr(cfg, key) not in allowed:
             raise LossInputError(f"{key} must be one of {allowed}, got {getattr(cfg, key)!r}")

@@ -13,36 +13,76 @@ learn2learn-style usage::
     opt.step()
 
 A learner never deep-copies the network: it holds a dict of "fast" tensors (differentiable functions of the
-original parameters) and runs the wrapped module with them through ``functional_call``, which swaps them in
+original parameters) and runs the wrapped module with them through ``swapped_tensors``, which swaps them in
 for the duration of the call and restores the module afterwards. The wrapped model is never mutated.
+
+Tied parameters (one module or one tensor reachable under several names, e.g. the official RAFT encoder's
+``norm3`` that is also ``downsample.1``) are swapped under every name they have. ``torch.func.functional_call``
+(torch 2.13) mishandles a submodule registered twice: it restores the second alias with the fast tensor, which
+leaves the model holding a non-leaf tensor and cuts those parameters off the meta-gradient.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from mlof.meta.params import ParamSpec, select_parameters
 
-__all__ = ["MAML", "MetaSGD", "Learner", "BUFFER_POLICIES"]
+__all__ = ["MAML", "MetaSGD", "Learner", "BUFFER_POLICIES", "swapped_tensors", "tensor_aliases"]
 
 BUFFER_POLICIES = ("copy", "shared")
 
 
-class _MethodCall(nn.Module):
-    """Makes ``functional_call`` run a method other than ``forward`` (e.g. MemFlow's ``infer_sequence``)."""
+def tensor_aliases(module: nn.Module) -> dict[str, list[str]]:
+    """Canonical name (the one ``named_parameters()``/``named_buffers()`` yield) -> every name of that tensor.
 
-    def __init__(self, module: nn.Module, method: str):
-        super().__init__()
-        self.inner = module
-        self.method = method
+    A tensor has several names when a submodule is registered twice or a parameter is tied across modules.
+    """
+    out: dict[str, list[str]] = {}
+    for named in (module.named_parameters(remove_duplicate=False), module.named_buffers(remove_duplicate=False)):
+        first: dict[int, str] = {}
+        for name, t in named:
+            canonical = first.setdefault(id(t), name)
+            out.setdefault(canonical, []).append(name)
+    return out
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return getattr(self.inner, self.method)(*args, **kwargs)
+
+@contextlib.contextmanager
+def swapped_tensors(module: nn.Module, tensors: Mapping[str, torch.Tensor],
+                    aliases: Mapping[str, list[str]] | None = None) -> Iterator[None]:
+    """Run code with ``module``'s parameters/buffers replaced by ``tensors`` (name -> tensor), then restore.
+
+    Each tensor is put in place under all of its ``aliases`` (default: ``tensor_aliases(module)``); every
+    (owner module, attribute) slot is swapped and restored exactly once, so tied weights stay tied and the
+    module is left as it was, also when the code raises.
+    """
+    aliases = tensor_aliases(module) if aliases is None else aliases
+    saved: dict[tuple[int, str], tuple[dict, str, torch.Tensor | None]] = {}
+    try:
+        for name, tensor in tensors.items():
+            for alias in aliases.get(name, [name]):
+                owner_name, _, attr = alias.rpartition(".")
+                owner = module.get_submodule(owner_name) if owner_name else module
+                key = (id(owner), attr)
+                if key in saved:
+                    continue
+                if attr in owner._parameters:
+                    store = owner._parameters
+                elif attr in owner._buffers:
+                    store = owner._buffers
+                else:
+                    raise ValueError(f"{type(module).__name__} has no parameter or buffer {alias!r}")
+                saved[key] = (store, attr, store[attr])
+                store[attr] = tensor
+        yield
+    finally:
+        for store, attr, original in saved.values():
+            store[attr] = original
 
 
 class MAML(nn.Module):
@@ -86,6 +126,7 @@ class MAML(nn.Module):
         self.buffer_policy = buffers
         self.backend = backend
         self.selected = select_parameters(model, params)
+        self.aliases = tensor_aliases(model)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Run the wrapped model with its own (meta) parameters."""
@@ -176,15 +217,16 @@ class Learner:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the network's ``forward`` with the fast weights."""
-        return functional_call(self.module, self._tensors(False), args, kwargs)
+        with swapped_tensors(self.module, self._tensors(False), self.owner.aliases):
+            return self.module(*args, **kwargs)
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Run another method of the network (e.g. ``"infer_sequence"``) with the fast weights."""
-        if not callable(getattr(self.module, method, None)):
+        fn = getattr(self.module, method, None)
+        if not callable(fn):
             raise ValueError(f"{type(self.module).__name__} has no method {method!r}")
-        wrapper = _MethodCall(self.module, method)
-        tensors = {f"inner.{n}": t for n, t in self._tensors(False).items()}
-        return functional_call(wrapper, tensors, args, kwargs)
+        with swapped_tensors(self.module, self._tensors(False), self.owner.aliases):
+            return fn(*args, **kwargs)
 
     def inner_forward(self, *args: Any, **kwargs: Any) -> Any:
         """Forward for an inner (support) loss: non-adapted parameters enter detached.
@@ -194,7 +236,8 @@ class Learner:
         second-order mode it drops the path of the non-adapted parameters through the inner gradient, so use
         the plain call when that term matters.
         """
-        return functional_call(self.module, self._tensors(True), args, kwargs)
+        with swapped_tensors(self.module, self._tensors(True), self.owner.aliases):
+            return self.module(*args, **kwargs)
 
     # -- adapting --------------------------------------------------------------------------------------------
     def adapt(self, loss: torch.Tensor, first_order: bool | None = None,

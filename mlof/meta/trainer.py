@@ -45,8 +45,9 @@ class MLOFTrainer:
     fixed:             "initial" (theta_fixed = the weights at construction, theta_0, as the release) or
                        "current" (the meta-weights at each outer step).
     gamma, max_flow:   sequence-loss constants (0.85, 400).
-    buffers:           BatchNorm statistics of clones: "copy" (no leak between tasks) or "shared" (the release's
-                       side effect: running statistics drift with every task and end up in the meta-model).
+    buffers:           BatchNorm statistics of clones: "shared" (default, the release: learn2learn clones share
+                       the running statistics, which drift with every task and end up in the meta-model) or
+                       "copy" (the corrected variant: no leak between tasks; see docs/fidelity.md).
     bidirectional:     inner loss on both directions (True, the release).
     net_options:       further keyword options for the network call.
     """
@@ -56,7 +57,7 @@ class MLOFTrainer:
                  outer_lr: float = 5e-6, keep_close_weight: float | None = 10.0, gamma: float = 0.85,
                  max_flow: float = 400.0, meta_algo: str = "maml", optimizer: str = "adam",
                  weight_decay: float = 0.0, clip: float | None = None, fixed: str = "initial",
-                 buffers: str = "copy", bidirectional: bool = True, strict: bool = True,
+                 buffers: str = "shared", bidirectional: bool = True, strict: bool = True,
                  net_options: Mapping[str, Any] | None = None):
         if not isinstance(inner_steps, int) or inner_steps < 0:
             raise ValueError(f"inner_steps must be an int >= 0, got {inner_steps!r}")
@@ -93,6 +94,7 @@ class MLOFTrainer:
             self.optimizer = torch.optim.SGD(meta_params, lr=outer_lr, weight_decay=weight_decay)
         self.theta_fixed = self._snapshot()
         self.steps_done = 0
+        self.last_inner: list[list[float]] = []   # per task of the last step: the inner objective at each step
 
     # ------------------------------------------------------------------------------------------------ state
     def _snapshot(self) -> dict[str, torch.Tensor]:
@@ -181,8 +183,10 @@ class MLOFTrainer:
         start = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         sums = {"loss": 0.0, "epe": 0.0, "inner_first": 0.0, "inner_last": 0.0}
+        self.last_inner = []
         for t in tasks:
             learner, inner = self._inner(t)
+            self.last_inner.append(inner)
             out = call_net(learner, self.model, t["img1"], t["img2"], iters=self.iters, return_all=True,
                            **self.net_options)
             flows = out.flows if out.flows else [out.flow]
