@@ -14,7 +14,10 @@ others       24          sintel   ``epe`` pooled
 Inputs are padded to a multiple of 8 with replicate padding (``sintel`` mode splits it on both sides,
 ``kitti`` mode puts the height padding at the bottom) and the prediction is cropped back.
 Warm start initialises each pair with the previous pair's coarse flow, forward-splatted (only within a
-scene, pairs in order). ``adapt`` options run ``mlof.adapt`` per pair first (theta* in the MLOF tables).
+scene, pairs in order). ``adapt`` options run ``mlof.adapt`` per pair first (theta* in the MLOF tables), at
+the protocol's iterations and padding too (``adapt_predict``); the summary then reports the adapted metrics and,
+under ``before``, the unadapted ones of the same run and settings. ``run_evaluate`` is ``mlof evaluate``: it
+streams every pair's flow files, panel and record to the run folder and can resume (``mlof.train.outputs``).
 """
 from __future__ import annotations
 
