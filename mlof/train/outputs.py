@@ -169,6 +169,10 @@ def prepare_run_folder(cfg: Any, out_dir: str, name: str, *, resume: bool, overw
         if changed:
             raise ConfigError(f"--resume: the configuration differs from {saved} in {', '.join(changed)}; "
                               f"resume with the same settings, or use another name= / --overwrite")
+        for o in _OUTPUTS:   # half-written temporary files of a killed run (atomic_open's .NAME.XXXX.tmp)
+            if (path / o).is_dir():
+                for tmp in (path / o).rglob(".*.tmp"):
+                    tmp.unlink(missing_ok=True)
         return
     if has_outputs and not overwrite:
         raise ConfigError(f"{path} already holds the outputs of a run; --resume continues it, --overwrite "
