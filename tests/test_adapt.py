@@ -200,3 +200,44 @@ def test_every_backbone_adapts_one_step(name):
     assert result.flow.shape == (1, 2, 64, 64) and torch.isfinite(result.flow).all()
     assert len(result.history) == 2 and math.isfinite(result.history[0]["total"])
     assert result.history[0]["grad_norm"] > 0
+
+
+# ------------------------------------------------------------------------------------- the release protocol
+def test_release_preset_adapts_on_seeded_crops_in_train_mode_and_predicts_in_eval(flow_samples):
+    frames = sintel_clip(flow_samples, (96, 128), frames=(2, 3))
+    torch.manual_seed(0)
+    model = backbones.build("raft").eval()   # batch norm in its context encoder, unlike raft_small
+    before = _state(model)
+    opts = dict(preset="release", crop=(64, 96), iters=1, lr=1e-4)
+    res = mlof.adapt(model, frames, **opts)
+    assert _same_state(before, _state(model)) and not model.training          # caller untouched
+    crops = [h for h in res.history if h.get("guard") == "crop"]
+    assert len(crops) == 3 and all(h["crop"] == (64, 96) for h in crops)
+    assert res.settings.bn == "train" and res.settings.bn_predict == "eval" and not res.settings.guard
+    # batch norm ran in train mode while adapting: the copy's running statistics moved (the release's side
+    # effect), the returned flow is the adapted copy's eval-mode prediction on the full frame
+    key = "cnet.norm1.running_mean"
+    assert not torch.equal(res.model.state_dict()[key], before[key])
+    with torch.no_grad():
+        a, b = (f if f.dim() == 4 else f[None] for f in frames)
+        again = res.model.eval()(a, b, iters=1).flow
+    assert torch.allclose(again, res.flow, atol=1e-5)
+    assert not torch.equal(res.flow, res.flows_before[0])
+    # seeded: the same seed gives the same result, another seed other crops
+    assert torch.equal(mlof.adapt(model, frames, **opts).flow, res.flow)
+    other = mlof.adapt(model, frames, **opts, seed=5)
+    assert not torch.equal(other.flow, res.flow)
+
+
+def test_presets_are_validated_and_overridable():
+    from mlof.meta.tta import PRESETS, AdaptSettings
+    s = AdaptSettings.from_options({"preset": "release-kitti", "steps": 5})
+    assert s.steps == 5 and s.augment == "mlof-release-kitti" and s.on_crops
+    assert AdaptSettings.from_options({"preset": "mlof"}) == AdaptSettings()
+    assert {"mlof", "release", "release-sintel", "release-kitti"} <= set(PRESETS)
+    with pytest.raises(ValueError, match="preset must be one of"):
+        AdaptSettings.from_options({"preset": "paper"})
+    with pytest.raises(ValueError, match="crop"):
+        AdaptSettings(crop=(0, 5))
+    with pytest.raises(ValueError, match="preset"):
+        AdaptSettings(augment="nope")

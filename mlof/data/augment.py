@@ -285,6 +285,14 @@ PRESETS: dict[str, dict[str, Any]] = {
                         "do_flip": False, "spatial_prob": 0.0},
     "mlof-meta-sintel": {"kind": "dense", "crop_size": (368, 768), "min_scale": 0.0, "max_scale": 0.0,
                          "do_flip": False, "spatial_prob": 0.0, "stretch_prob": 0.0},
+    # The release's own augmentors with its arguments (min_scale = max_scale = 0, no flip), quirks included:
+    # RAFT's dense path still stretches each axis by 2^U(-0.2, 0.2) with probability 0.8 (resize with 0.8);
+    # the sparse path resizes by 1. Used by the release meta-inference protocol (``preset="release"``) and the
+    # paper meta-training recipes (docs/fidelity.md).
+    "mlof-release-kitti": {"kind": "sparse", "crop_size": (288, 960), "min_scale": 0.0, "max_scale": 0.0,
+                           "do_flip": False},
+    "mlof-release-sintel": {"kind": "dense", "crop_size": (368, 768), "min_scale": 0.0, "max_scale": 0.0,
+                            "do_flip": False},
 }
 
 

@@ -6,11 +6,12 @@ parsing and result assembly; this module owns the loop.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -20,13 +21,30 @@ from mlof.meta.objective import UnsupervisedObjective
 from mlof.meta.params import ParamSpec
 
 __all__ = ["AdaptSettings", "PairsOutcome", "adapt_pairs", "build_optimizer", "snapshot", "restore",
-           "working_copy", "model_device",
+           "working_copy", "model_device", "PRESETS",
            "DEFAULT_LR"]
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 # The release's meta-inference: AdamW lr 1e-5, weight decay 1e-5 (its inner-loop SGD uses 5e-6).
 DEFAULT_LR = {"adamw": 1e-5, "adam": 1e-5, "sgd": 5e-6}
 DEFAULT_WD = {"adamw": 1e-5, "adam": 0.0, "sgd": 0.0}
+
+
+# Named protocols (``preset=``); options given next to a preset override its values.
+PRESETS: dict[str, dict[str, Any]] = {
+    # mlof's own choice: the release's optimizer and objective on the FULL frames, batch norm in eval mode,
+    # the guard keeping the best state by the objective.
+    "mlof": {},
+    # The MLOF release's meta_inference.py: network in train() while adapting (batch statistics, running
+    # statistics updated), each of the 3 AdamW steps (lr 1e-5, wd 1e-5, OneCycle, clip 1) on a new random crop
+    # drawn by the release's augmentor (scale 2^0 with RAFT's stretch, no flip, colour jitter, eraser), then
+    # the adapted network in eval() on the full frame. No guard: the last state is returned.
+    "release": {"steps": 3, "optimizer": "adamw", "lr": 1e-5, "weight_decay": 1e-5, "schedule": "onecycle",
+                "clip": 1.0, "recipe": "mlof", "params": "all", "iters": 12, "bn": "train", "bn_predict": "eval",
+                "augment": "mlof-release-sintel", "guard": False, "keep": "last"},
+}
+PRESETS["release-sintel"] = dict(PRESETS["release"])
+PRESETS["release-kitti"] = {**PRESETS["release"], "augment": "mlof-release-kitti"}
 
 
 @dataclass
@@ -44,7 +62,11 @@ class AdaptSettings:
     iters: int | None = 12                # refinement iterations (ignored by networks without them)
     corr: str | None = None               # correlation backend, passed to networks that take ``corr``
     keep_close_weight: float | None = None  # pull towards the start weights; None = the recipe's (mlof: 10)
-    bn: str = "eval"                      # "eval" (the release ends up there) or "train" (batch statistics)
+    bn: str = "eval"                      # BN mode while adapting: "eval" (running stats) or "train" (batch stats)
+    bn_predict: str | None = None         # BN mode of the returned flows; None = same as ``bn`` (release: "eval")
+    augment: str | None = None            # adapt on augmented random crops: a mlof.data.augment preset name
+    crop: tuple[int, int] | None = None   # crop (H, W) for each step (overrides the preset's); None = preset's
+    seed: int = 0                         # seed of the crops and augmentation
     guard: bool = True
     guard_factor: float = 1.5             # rollback when the objective exceeds factor * initial
     keep: str = "best"                    # "best" state by the objective, or the "last" one
@@ -65,6 +87,15 @@ class AdaptSettings:
             raise ValueError(f"clip must be > 0 or None, got {self.clip!r}")
         if self.bn not in ("eval", "train"):
             raise ValueError(f"bn must be 'eval' or 'train', got {self.bn!r}")
+        if self.bn_predict not in (None, "eval", "train"):
+            raise ValueError(f"bn_predict must be 'eval', 'train' or None, got {self.bn_predict!r}")
+        if self.crop is not None:
+            if len(self.crop) != 2 or not all(isinstance(v, int) and v > 0 for v in self.crop):
+                raise ValueError(f"crop must be (height, width) of positive ints, got {self.crop!r}")
+            self.crop = (int(self.crop[0]), int(self.crop[1]))
+        if self.augment is not None:
+            from mlof.data.augment import build_augmentor
+            build_augmentor(self.augment)   # raises ValueError naming the known presets
         if self.keep not in ("best", "last"):
             raise ValueError(f"keep must be 'best' or 'last', got {self.keep!r}")
         if self.iters is not None and (not isinstance(self.iters, int) or self.iters < 1):
@@ -72,12 +103,30 @@ class AdaptSettings:
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> "AdaptSettings":
-        """Build from keyword options, naming unknown ones in the error."""
+        """Build from keyword options (``preset=NAME`` first supplies a protocol's values, see ``PRESETS``),
+        naming unknown ones in the error."""
+        options = dict(options)
+        preset = options.pop("preset", None)
+        if preset is not None:
+            if preset not in PRESETS:
+                raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+            options = {**PRESETS[preset], **options}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(options) - known)
         if unknown:
-            raise ValueError(f"unknown adapt option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise ValueError(f"unknown adapt option(s): {', '.join(unknown)}; known: preset, "
+                             f"{', '.join(sorted(known))}")
+        if isinstance(options.get("crop"), list):
+            options["crop"] = tuple(options["crop"])
         return cls(**options)
+
+    @property
+    def on_crops(self) -> bool:
+        """Whether each step adapts on a random (augmented) crop instead of the full frames."""
+        return self.augment is not None or self.crop is not None
+
+    def predict_mode_is_train(self) -> bool:
+        return (self.bn_predict or self.bn) == "train"
 
     def resolved_lr(self) -> float:
         if self.lr is not None:
@@ -181,13 +230,152 @@ def _evaluate(model: nn.Module, pairs: list[tuple[torch.Tensor, torch.Tensor]], 
     return total, terms, flows, per_pair, refused
 
 
+def _crop_augmentor(s: AdaptSettings):
+    from mlof.data.augment import FlowAugmentor, build_augmentor
+    if s.augment is not None:
+        return build_augmentor(s.augment, **({"crop_size": s.crop} if s.crop is not None else {}))
+    # A plain random crop: no photometric, eraser, resize or flip.
+    return FlowAugmentor(crop_size=s.crop, photometric=False, eraser_prob=0.0, spatial_prob=0.0, do_flip=False)
+
+
+def _draw_crops(pairs: list[tuple[torch.Tensor, torch.Tensor]], aug: Any, rng: Any
+                ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One augmented random crop of every sample of every pair (N x 3 x h x w tensors, device kept)."""
+    out = []
+    for img1, img2 in pairs:
+        a, b = [], []
+        for n in range(img1.shape[0]):
+            raw = {"img1": img1[n].detach().permute(1, 2, 0).float().cpu().numpy(),
+                   "img2": img2[n].detach().permute(1, 2, 0).float().cpu().numpy()}
+            res = aug(raw, rng=rng)
+            a.append(torch.from_numpy(res["img1"].astype("float32")).permute(2, 0, 1))
+            b.append(torch.from_numpy(res["img2"].astype("float32")).permute(2, 0, 1))
+        out.append((torch.stack(a).to(img1.device), torch.stack(b).to(img2.device)))
+    return out
+
+
+@contextlib.contextmanager
+def _predict_mode(model: nn.Module, s: AdaptSettings) -> Iterator[None]:
+    """The ``bn_predict`` mode for a measurement; in "train" mode the running statistics it would move are
+    put back afterwards (a measurement must not change the model)."""
+    was = model.training
+    train = s.predict_mode_is_train()
+    buffers = snapshot(model, []) if train else None
+    model.train(train)
+    try:
+        yield
+    finally:
+        model.train(was)
+        if buffers is not None:
+            restore(model, buffers)
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, pairs: list[tuple[torch.Tensor, torch.Tensor]], s: AdaptSettings
+             ) -> list[torch.Tensor]:
+    """Forward flows of ``pairs`` with batch norm in the ``bn_predict`` mode."""
+    from mlof.meta.forward import call_net
+    with _predict_mode(model, s):
+        return [call_net(model, model, a, b, **s.net_call_options()).flow.detach() for a, b in pairs]
+
+
+def adapt_pairs_on_crops(model: nn.Module, pairs: list[tuple[torch.Tensor, torch.Tensor]], s: AdaptSettings,
+                         names: list[str], objective: UnsupervisedObjective,
+                         fixed: Mapping[str, torch.Tensor] | None, tag: Mapping[str, Any] | None = None
+                         ) -> PairsOutcome:
+    """The release's protocol: each step on a new seeded random crop (augmented by ``s.augment``) of every
+    pair, with batch norm in ``s.bn`` mode; flows of the full frames predicted in ``bn_predict`` mode.
+
+    History entry k (k < steps) holds the objective of the crop step k was taken on; the last entry describes
+    the returned state on the full frames. With the guard on, the objective of the full frames (predict mode)
+    is compared between the start and the end: a non-finite or diverged end state is rolled back, and
+    ``keep="best"`` keeps the lower of the two (crops of different steps are not comparable with each other).
+    """
+    import numpy as np
+    named = dict(model.named_parameters())
+    params = [named[n] for n in names]
+    opt, sched = build_optimizer(params, s)
+    guard = Guard(s.guard_factor, enabled=s.guard)
+    aug = _crop_augmentor(s)
+    rng = np.random.default_rng(s.seed)
+    history: list[dict] = []
+
+    def full_objective() -> float:
+        with _predict_mode(model, s):
+            return _evaluate(model, pairs, objective, s, names, fixed, backward=False)[0]
+
+    flows_before = _predict(model, pairs, s)
+    start_state = snapshot(model, names)
+    start_value = full_objective() if guard.enabled else None
+    for k in range(s.steps):
+        tic = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        crops = _draw_crops(pairs, aug, rng)
+        total, terms, _, per_pair, refused = _evaluate(model, crops, objective, s, names, fixed, backward=True)
+        entry = {**(tag or {}), "step": k, "total": total, **terms, "lr": opt.param_groups[0]["lr"],
+                 "grad_norm": None, "guard": "crop", "crop": tuple(crops[0][0].shape[-2:])}
+        history.append(entry)
+        if refused or not math.isfinite(total):
+            entry["guard"] = ROLLBACK_NONFINITE
+            restore(model, start_state)
+            break
+        clip = s.clip if s.clip is not None else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], clip))
+        entry["grad_norm"] = grad_norm
+        if not guard.gradient_ok(grad_norm):
+            entry["guard"] = f"crop; {SKIP_GRADIENT}"
+            continue
+        opt.step()
+        if sched is not None:
+            sched.step()
+        entry["time"] = time.perf_counter() - tic
+    opt.zero_grad(set_to_none=True)
+    rolled_back = any(str(h["guard"]).startswith("rollback") for h in history)
+    best_step = 0 if rolled_back else s.steps
+    final: dict[str, Any] = {**(tag or {}), "step": best_step, "guard": "keep:last", "full_frames": True}
+    if guard.enabled and not rolled_back:
+        end_value = full_objective()
+        final["total"] = end_value
+        diverged = not math.isfinite(end_value) or guard.diverged_from(start_value, end_value)
+        if diverged or (s.keep == "best" and end_value > start_value):
+            restore(model, start_state)
+            best_step, rolled_back = 0, diverged
+            final.update(step=0, total=start_value,
+                         guard=ROLLBACK_DIVERGED if diverged else "keep:best=start")
+        else:
+            final["guard"] = "keep:best=end" if s.keep == "best" else "keep:last"
+    flows = flows_before if best_step == 0 else _predict(model, pairs, s)
+    if not all(bool(torch.isfinite(f).all()) for f in flows):
+        restore(model, start_state)
+        best_step = 0
+        flows = [torch.nan_to_num(f, nan=0.0, posinf=0.0, neginf=0.0) for f in flows_before]
+        final["guard"] = "fallback:start-state"
+    history.append(final)
+    return PairsOutcome(flows, flows_before, best_step, rolled_back, history)
+
+
 def adapt_pairs(model: nn.Module, pairs: list[tuple[torch.Tensor, torch.Tensor]], s: AdaptSettings,
                 names: list[str], objective: UnsupervisedObjective,
                 fixed: Mapping[str, torch.Tensor] | None, tag: Mapping[str, Any] | None = None) -> PairsOutcome:
     """Adapt ``model`` in place on ``pairs`` for ``s.steps`` steps; parameters ``names`` adapt (they must
     require grad, the others should not). History entry k describes the state after k steps: its objective
     (``total`` and every term), the guard's decision, the lr and gradient norm of the step taken from it, and
-    ``time`` (seconds: evaluation, plus backward and update when a step was taken)."""
+    ``time`` (seconds: evaluation, plus backward and update when a step was taken).
+
+    With crops (``s.augment`` / ``s.crop``, the release protocol) see ``adapt_pairs_on_crops``. When
+    ``bn_predict`` differs from ``bn``, the returned flows are predicted again in the ``bn_predict`` mode."""
+    if s.on_crops:
+        return adapt_pairs_on_crops(model, pairs, s, names, objective, fixed, tag)
+    out = _adapt_full_frames(model, pairs, s, names, objective, fixed, tag)
+    if s.bn_predict is not None and s.bn_predict != s.bn:
+        out.flows = _predict(model, pairs, s)
+    return out
+
+
+def _adapt_full_frames(model: nn.Module, pairs: list[tuple[torch.Tensor, torch.Tensor]], s: AdaptSettings,
+                       names: list[str], objective: UnsupervisedObjective,
+                       fixed: Mapping[str, torch.Tensor] | None, tag: Mapping[str, Any] | None = None
+                       ) -> PairsOutcome:
     named = dict(model.named_parameters())
     params = [named[n] for n in names]
     opt, sched = build_optimizer(params, s)
