@@ -329,19 +329,28 @@ def series_plot(series: dict[str, Sequence[float | None]], *, title: str = "", x
     if title:
         (tw, th), _ = cv2.getTextSize(title, _FONT, 0.5, 1)
         cv2.putText(img, title, ((w - tw) // 2, 6 + th), _FONT, 0.5, black, 1, cv2.LINE_AA)
+    legend = []
+    for name, v in vals.items():
+        mean = float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+        legend.append(f"{name} (mean {mean:.2f})")
+    legend_w = max(cv2.getTextSize(t, _FONT, small, 1)[0][0] for t in legend) + 36
+    lx = max(x0 + 4, x1 - legend_w - 6)
+    cv2.rectangle(img, (lx - 4, y1 + 3), (min(x1 - 2, lx + legend_w), y1 + 8 + 16 * len(legend)), (255, 255, 255), -1)
     for k, (name, v) in enumerate(vals.items()):
         color = _SERIES_COLORS[k % len(_SERIES_COLORS)]
         pts = [(px(i), py(x)) for i, x in enumerate(v) if np.isfinite(x)]
         for i in range(len(v) - 1):   # a missing value breaks the line
             if np.isfinite(v[i]) and np.isfinite(v[i + 1]):
-                cv2.line(img, (px(i), py(v[i])), (px(i + 1), py(v[i + 1])), color, 2, cv2.LINE_AA)
+                cv2.line(img, (px(i), py(v[i])), (px(i + 1), py(v[i + 1])), color, 2 if n <= 100 else 1,
+                         cv2.LINE_AA)
         if len(pts) <= 60:
             for p in pts:
                 cv2.circle(img, p, 3, color, -1, cv2.LINE_AA)
-        ly = y1 + 14 + 16 * k
-        cv2.line(img, (x1 - 150, ly - 4), (x1 - 128, ly - 4), color, 2, cv2.LINE_AA)
-        mean = float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
-        cv2.putText(img, f"{name} (mean {mean:.2f})", (x1 - 122, ly), _FONT, small, black, 1, cv2.LINE_AA)
+    for k, (name, v) in enumerate(vals.items()):   # the legend last, over the lines
+        color = _SERIES_COLORS[k % len(_SERIES_COLORS)]
+        ly = y1 + 16 + 16 * k
+        cv2.line(img, (lx, ly - 4), (lx + 22, ly - 4), color, 2, cv2.LINE_AA)
+        cv2.putText(img, legend[k], (lx + 28, ly), _FONT, small, black, 1, cv2.LINE_AA)
     return img
 
 
