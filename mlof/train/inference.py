@@ -161,7 +161,7 @@ def _todo(store: PairStore, n: int, resume: bool) -> list[int]:
 
 
 def _adapt_scalars(rec: dict[str, Any]) -> dict[str, float]:
-    keys = ("epe_before", "epe_after", "loss_first", "loss_last", "steps_taken")
+    keys = ("epe_before", "epe_after", "loss_first", "loss_last", "steps")
     return {k: rec[k] for k in keys if rec.get(k) is not None}
 
 
@@ -176,7 +176,7 @@ def _write_adapted(r: _Run, k: int, sample: dict[str, Any], before: torch.Tensor
            "epe_before": _epe(before, sample), "epe_after": _epe(after, sample),
            "loss_first": finite_or_none(totals[0]) if totals else None,
            "loss_last": finite_or_none(totals[-1]) if totals else None,
-           "steps_taken": max([int(h.get("step", 0)) for h in history], default=0),
+           "steps": max([int(h.get("step", 0)) for h in history], default=0),   # steps taken
            "guard": [str(h["guard"]) for h in history if "guard" in h], **(extra or {})}
     r.store.write_flow(stem, after)
     r.store.write_flow(stem, before, folder="flows_before", color_suffix="_before")
