@@ -87,60 +87,40 @@ def _fmt(x: Any) -> str:
 def _adapt(cfg: Any, args: argparse.Namespace) -> int:
     from mlof.train.inference import run_adapt
 
-    s = run_adapt(cfg, progress=not args.quiet)
-    _say(f"adapt ({s['mode']}) on {s['input']}: {s['pairs']} pair(s), {s['seconds']:.1f} s")
+    s = run_adapt(cfg, progress=not args.quiet, resume=cfg.resume, overwrite=cfg.overwrite)
+    _say(f"adapt ({s['mode']}) on {s['input']}: {s['pairs']} pair(s), iters {s['iters']}, padding "
+         f"{s['padding']}, {s['seconds']:.1f} s")
     if s["scored_pairs"]:
         _say(f"  EPE before adaptation: {_fmt(s['epe_before'])} px")
         _say(f"  EPE after adaptation:  {_fmt(s['epe_after'])} px   (mean over {s['scored_pairs']} pair(s) "
              f"with ground truth)")
-    _say(f"  outputs: {s['run_dir']}  (flows/, metrics.json, TensorBoard events)")
+    _say(f"  outputs: {s['run_dir']}  (flows/, flows_before/, images/, metrics.json, TensorBoard events)")
     return 0
 
 
 def _infer(cfg: Any, args: argparse.Namespace) -> int:
     from mlof.train.inference import run_infer
 
-    s = run_infer(cfg, progress=not args.quiet)
-    _say(f"infer on {s['input']}: {s['pairs']} pair(s), {s['seconds_per_pair']:.2f} s per pair"
+    s = run_infer(cfg, progress=not args.quiet, resume=cfg.resume, overwrite=cfg.overwrite)
+    _say(f"infer on {s['input']}: {s['pairs']} pair(s), iters {s['iters']}, {s['seconds_per_pair']:.2f} s per pair"
          + (f", EPE {s['epe']:.3f} px" if s.get("epe") is not None else ""))
     _say(f"  flows: {s['flows']}")
     return 0
 
 
 def _evaluate(cfg: Any, args: argparse.Namespace) -> int:
-    from mlof.evaluate import evaluate
-    from mlof.train.distributed import resolve_device
-    from mlof.train.pretrain import panel
-    from mlof.train.rundir import RunDir
-    from mlof.train.seeding import seed_everything
-    from mlof.train.setup import build_data, build_model
+    from mlof.evaluate import run_evaluate
 
-    obj = OmegaConf.to_object(cfg)
-    run = RunDir.for_config(cfg)        # refuses a folder holding a run before any work; writes nothing yet
-    device = resolve_device(obj.device)
-    seed_everything(obj.seed)
-    model = build_model(obj.model, device).eval()
-    data_cfg = obj.data
-    dataset = build_data(data_cfg)
-    run.save_config(cfg)
+    summary = run_evaluate(cfg, progress=not args.quiet, resume=cfg.resume, overwrite=cfg.overwrite)
 
-    def on_sample(i: int, sample: Any, flow: Any, metrics: dict) -> None:
-        run.log_scalars(i, {k: v for k, v in metrics.items() if k in ("epe", "fl_all")}, prefix="eval/sample_")
-        if i < cfg.images:
-            batch = {k: (v[None] if hasattr(v, "dim") else v) for k, v in sample.items()}
-            run.log_image(i, "eval/panel", panel(batch, flow[None]))
+    def head(s: dict) -> str:
+        return ", ".join(f"{k} {v:.3f}" for k, v in s["headline"].items())
 
-    adapt = dict(obj.adapt) if obj.adapt else None
-    summary = evaluate(model, dataset, dataset_name=data_cfg.name, iters=cfg.iters, padding=cfg.padding,
-                       warm_start=cfg.warm_start, max_samples=cfg.max_samples, adapt=adapt,
-                       progress=not args.quiet, on_sample=on_sample)
-    run.log_scalars(0, {k: v for k, v in summary.items() if isinstance(v, float)}, prefix="eval/")
-    path = run.write_metrics(summary)
-    run.close()
-    head = ", ".join(f"{k} {v:.3f}" for k, v in summary["headline"].items())
-    _say(f"evaluate on {data_cfg.name} ({summary['num_images']} pairs, iters {summary['iters']}, padding "
-         f"{summary['padding']}{', adapted' if adapt else ''}): {head}")
-    _say(f"  metrics: {path}")
+    _say(f"evaluate on {summary['dataset']} ({summary['num_images']} pairs, iters {summary['iters']}, padding "
+         f"{summary['padding']}{', adapted' if summary['adapted'] else ''}): {head(summary)}")
+    if summary.get("before"):
+        _say(f"  before adaptation (same run, same settings): {head(summary['before'])}")
+    _say(f"  metrics: {summary['metrics_path']}")
     return 0
 
 
@@ -281,6 +261,9 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+_STREAMING = ("adapt", "infer", "evaluate")   # commands that write per pair and can --resume
+
+
 def _config_listing(kind: str) -> str:
     from mlof.cli_help import annotated_listing, examples_text
 
@@ -313,10 +296,16 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "adapt":
             p.add_argument("--online", action="store_true",
                            help="adapt along the sequence, carrying the weights (= online=true)")
-        if name in RUN_FOLDER_COMMANDS:
+        if cmd.training:
             p.add_argument("--resume", action="store_true",
-                           help="continue runs/<name> (= resume=true; training: from checkpoints/latest.pt, "
-                                "same recipe)")
+                           help="continue runs/<name> from checkpoints/latest.pt (same recipe; = resume=true)")
+            p.add_argument("--overwrite", action="store_true",
+                           help="start runs/<name> over, deleting what it holds (= overwrite=true)")
+        elif name in _STREAMING:
+            p.add_argument("--resume", action="store_true",
+                           help="continue an interrupted runs/<name>: finished pairs are not redone (same config)")
+            p.add_argument("--overwrite", action="store_true", help="start runs/<name> over (= overwrite=true)")
+        elif name in RUN_FOLDER_COMMANDS:
             p.add_argument("--overwrite", action="store_true",
                            help="start runs/<name> over, deleting what it holds (= overwrite=true)")
     return parser
