@@ -345,6 +345,9 @@ def run_evaluate(cfg: Any, progress: bool = True, resume: bool = False, overwrit
     if resume and obj.warm_start:
         raise ConfigError("warm_start=true runs cannot be resumed (each pair starts from the previous one's flow)")
     adapt = dict(obj.adapt) if obj.adapt else None
+    if adapt:
+        from mlof.train.setup import check_adapt_options
+        check_adapt_options(adapt, key="adapt")   # before anything is written
     iters = obj.iters if obj.iters is not None else protocol_for(obj.data.name).iters
     if adapt and "iters" in adapt and adapt["iters"] != iters:
         raise ConfigError(f"adapt.iters ({adapt['iters']}) differs from iters ({iters}): the adapted and the "

@@ -28,7 +28,7 @@ from mlof.train.outputs import (PairStore, ResizePlan, finite_or_none, flow_form
                                 pair_seed, prepare_run_folder)
 from mlof.train.rundir import RunDir
 from mlof.train.seeding import seed_everything
-from mlof.train.setup import build_model
+from mlof.train.setup import build_model, check_adapt_options
 from mlof.train.sources import open_pairs
 
 __all__ = ["AdaptConfig", "InferConfig", "run_adapt", "run_infer", "DEFAULT_ITERS"]
@@ -139,6 +139,8 @@ def _setup(cfg: DictConfig, resume: bool, overwrite: bool) -> _Run:
     if "iters" in getattr(obj, "options", {}) and obj.options["iters"] != iters:
         raise ConfigError(f"options.iters ({obj.options['iters']}) differs from iters ({iters}): before and after "
                           f"are scored at one setting; set iters= instead")
+    if getattr(obj, "options", None) is not None:   # adapt: its options are checked before anything is written
+        check_adapt_options(obj.options, online=bool(getattr(obj, "online", False)))
     model = build_model(obj.model, device).eval()
     # nothing is written before the configuration, the input and the weights have been checked
     overwrite = overwrite or obj.overwrite

@@ -12,7 +12,7 @@ from backbones.base import warn_once
 from mlof.checkpoint import CheckpointError, is_mlof_checkpoint, validate_checkpoint
 from mlof.train.config import ConfigError, DataConfig, ModelConfig
 
-__all__ = ["build_model", "build_data", "PYRAMID_NETWORKS", "collate", "SplitView", "subset_indices"]
+__all__ = ["build_model", "build_data", "check_adapt_options", "PYRAMID_NETWORKS", "collate", "SplitView", "subset_indices"]
 
 # Networks whose training loss is a weighted sum over pyramid levels rather than RAFT's sequence loss.
 PYRAMID_NETWORKS = frozenset({"liteflownet2", "upflow"})
@@ -109,6 +109,29 @@ def _official_entry(ckpt: str | None, name: str | None) -> Any:
         return resolve_name(name, ckpt) if name is not None else WEIGHTS.get(ckpt)
     except UnknownWeightsError:
         return None
+
+
+def check_adapt_options(options: dict[str, Any], key: str = "options", online: bool = False) -> None:
+    """Validate keyword options of ``mlof.adapt`` (types, ranges, choices) before a run writes anything.
+
+    Raises ``ConfigError`` naming ``key`` and the option (``options: lr must be a number, got 'abc'``).
+    Besides the settings of ``AdaptSettings`` these are ``mlof.adapt``'s own keywords ``mode``, ``device``,
+    ``reset_every`` and ``reset_margin`` (``online`` is kept for callers; the same checks apply).
+    """
+    from mlof.meta.tta import AdaptSettings
+
+    options = dict(options or {})
+    every, margin = options.pop("reset_every", None), options.pop("reset_margin", 0.0)
+    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+        raise ConfigError(f"{key}: reset_every must be a positive int or null, got {every!r}")
+    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float)) or margin < 0):
+        raise ConfigError(f"{key}: reset_margin must be a number >= 0 or null, got {margin!r}")
+    options.pop("mode", None)
+    options.pop("device", None)
+    try:
+        AdaptSettings.from_options(options)
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e}") from e
 
 
 def build_data(cfg: DataConfig | Any, key: str = "data") -> Dataset:
