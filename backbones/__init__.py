@@ -11,12 +11,13 @@
 `backbones` never imports `mlof`: it is usable on its own.
 """
 from backbones.base import FlowOutput, InputPadder, validate_images
-from backbones.registry import (available, build, capabilities, param_groups, register, load_weights,
-                                count_parameters)
+from backbones.registry import (available, build, capabilities, count_parameters, load_weights, param_groups,
+                                read_checkpoint_file, register)
 from backbones import weights
 
 __all__ = [
     "FlowOutput", "InputPadder", "validate_images",
     "available", "build", "capabilities", "param_groups", "register", "load_weights", "count_parameters",
+    "read_checkpoint_file",
     "weights",
 ]

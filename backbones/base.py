@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["FlowOutput", "validate_images", "InputPadder", "PRECISIONS", "check_precision", "precision_autocast",
-           "Capabilities", "as_float32"]
+__all__ = ["FlowOutput", "validate_images", "InputPadder", "warn_once", "warn_range", "PRECISIONS",
+           "check_precision", "precision_autocast", "Capabilities", "as_float32"]
 
 # Reduced-precision autocast inside a network: "fp32" (none, exact), "bf16" (CPU and CUDA), "fp16" (CUDA only).
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -87,11 +88,13 @@ class FlowOutput:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-def validate_images(image1: torch.Tensor, image2: torch.Tensor, min_size: int = 32,
-                    check_finite: bool = True) -> None:
+def validate_images(image1: torch.Tensor, image2: torch.Tensor, min_size: int = 1,
+                    check_finite: bool = True, check_range: bool = True) -> None:
     """Raise ``ValueError`` naming the problem if the two images are not a valid flow-network input.
 
-    Expected: two float tensors N x 3 x H x W of equal shape, values 0..255, finite, H and W >= min_size.
+    Expected: two float tensors N x 3 x H x W of equal shape, values 0..255, finite, H and W >= min_size
+    (networks pad what is smaller than they need, so the default accepts 1 x 1). With ``check_range`` a
+    pair whose values look like 0..1 or 0..65535 gives a warning, once per process (see ``warn_range``).
     """
     for name, im in (("image1", image1), ("image2", image2)):
         if not isinstance(im, torch.Tensor):
@@ -105,8 +108,7 @@ def validate_images(image1: torch.Tensor, image2: torch.Tensor, min_size: int = 
             raise ValueError(f"{name} must be a floating-point tensor with values 0..255, got dtype {im.dtype}")
         h, w = im.shape[-2:]
         if h < min_size or w < min_size:
-            raise ValueError(f"{name} is {h}x{w}: too small for this network's pyramid "
-                             f"(each side must be at least {min_size} px)")
+            raise ValueError(f"{name} is {h}x{w}: too small (each side must be at least {min_size} px)")
     if image1.shape != image2.shape:
         raise ValueError(f"image1 and image2 must have the same shape, got {tuple(image1.shape)} "
                          f"and {tuple(image2.shape)}")
@@ -116,22 +118,62 @@ def validate_images(image1: torch.Tensor, image2: torch.Tensor, min_size: int = 
         for name, im in (("image1", image1), ("image2", image2)):
             if not bool(torch.isfinite(im).all()):
                 raise ValueError(f"{name} contains NaN or inf pixels")
+    if check_range:
+        warn_range(image1, image2)
+
+
+_WARNED: set[str] = set()
+
+
+def warn_once(key: str, message: str) -> bool:
+    """Issue ``message`` as a ``UserWarning`` the first time ``key`` is seen in this process; True if issued.
+
+    For likely mistakes that are not errors (random weights, images in another value range): loud once,
+    silent afterwards, so a loop over a dataset does not print the same warning for every pair.
+    """
+    if key in _WARNED:
+        return False
+    _WARNED.add(key)
+    warnings.warn(message, UserWarning, stacklevel=3)
+    return True
+
+
+def warn_range(*images: torch.Tensor) -> None:
+    """Warn (once per process) when images meant to be 0..255 look like 0..1 or 0..65535.
+
+    0..1: the largest value is at most 1 while some value is non-zero (a real 0..255 photograph is never
+    that dark); 0..65535: some value exceeds 256 (16-bit PNGs read without scaling).
+    """
+    with torch.no_grad():
+        hi = max(float(im.detach().amax()) for im in images)
+        lo = min(float(im.detach().amin()) for im in images)
+    if 0.0 < hi <= 1.0 and lo >= 0.0:
+        warn_once("range01", f"images look like 0..1 (largest value {hi:.3g}); flow networks expect 0..255: "
+                             f"multiply by 255")
+    elif hi > 256.0:
+        warn_once("range16", f"images exceed 255 (largest value {hi:.6g}; 16-bit 0..65535?); flow networks "
+                             f"expect 0..255: divide by 257")
 
 
 class InputPadder:
-    """Pads images so that H and W are multiples of ``divisor``, with replicate padding (RAFT protocol).
+    """Pads images so that H and W are multiples of ``divisor`` and at least ``min_size``, with replicate
+    padding (RAFT protocol).
 
     mode="sintel" splits the padding evenly on both sides (extra pixel right/bottom);
     mode="kitti" puts all the height padding at the bottom and splits the width padding.
-    Matches the official RAFT ``InputPadder`` exactly.
+    With ``min_size=0`` (default) this matches the official RAFT ``InputPadder`` exactly; ``min_size`` only
+    adds padding to sides shorter than it (rounded up to a multiple of ``divisor``), so sizes the official
+    code takes are padded as it pads them.
     """
 
-    def __init__(self, shape: tuple[int, ...] | torch.Size, divisor: int = 8, mode: str = "sintel"):
+    def __init__(self, shape: tuple[int, ...] | torch.Size, divisor: int = 8, mode: str = "sintel",
+                 min_size: int = 0):
         if mode not in ("sintel", "kitti"):
             raise ValueError(f"padding mode must be 'sintel' or 'kitti', got {mode!r}")
         self.ht, self.wd = int(shape[-2]), int(shape[-1])
-        pad_ht = (math.ceil(self.ht / divisor) * divisor - self.ht) % divisor
-        pad_wd = (math.ceil(self.wd / divisor) * divisor - self.wd) % divisor
+        target = math.ceil(max(int(min_size), 1) / divisor) * divisor
+        pad_ht = max((math.ceil(self.ht / divisor) * divisor - self.ht) % divisor, target - self.ht)
+        pad_wd = max((math.ceil(self.wd / divisor) * divisor - self.wd) % divisor, target - self.wd)
         if mode == "sintel":
             self._pad = [pad_wd // 2, pad_wd - pad_wd // 2, pad_ht // 2, pad_ht - pad_ht // 2]
         else:

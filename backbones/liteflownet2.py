@@ -31,6 +31,8 @@ __all__ = ["LiteFlowNet2", "CONFIGS", "LOSS_WEIGHTS", "BilinearUpsample"]
 # mmflow feeds BGR / 255 minus these per-channel means (taken from sniklaus/pytorch-liteflownet).
 IMAGE_MEAN_BGR = (0.411618, 0.434631, 0.454253)
 FLOW_DIV = 20.0
+# Smallest padded side: the 1/32 level (level 6) then keeps >= 2 rows and columns.
+MIN_PADDED_SIDE = 64
 # Encoder stages: (out channels, number of convs, stride, first kernel size), levels 1..6.
 ENCODER_STAGES = ((32, 1, 1, 7), (32, 3, 2, 3), (64, 2, 2, 3), (96, 2, 2, 3), (128, 1, 2, 3), (192, 1, 2, 3))
 FEAT_CHANNELS = {3: 64, 4: 96, 5: 128, 6: 192}
@@ -335,8 +337,9 @@ class LiteFlowNet2(nn.Module):
         if flow_init is not None:
             raise ValueError("liteflownet2 does not take flow_init (no warm start): pass flow_init=None")
         n = image1.shape[0]
-        padder = InputPadder(image1.shape, divisor=32)
-        x1, x2 = padder.pad_tensors(self.normalize(image1), self.normalize(image2))
+        # Multiple of 32 (the 1/32 level) and >= 64 px, so the coarsest level keeps >= 2 rows and columns.
+        padder = InputPadder(image1.shape, divisor=32, min_size=MIN_PADDED_SIDE)
+        x1, x2 = padder.pad_tensors(self.normalize(image1.contiguous()), self.normalize(image2.contiguous()))
         feats = self.encoder(torch.cat([x1, x2]))
         preds = self.decoder(x1, x2, {k: v[:n] for k, v in feats.items()}, {k: v[n:] for k, v in feats.items()})
         size = x1.shape[-2:]

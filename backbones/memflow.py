@@ -126,7 +126,8 @@ class MemFlow(RAFTBase):
         memory = self.memory if memory is None else memory
         iters = self.decoder_depth if iters is None else iters
         self._check_call(image1, image2, iters)
-        padder = InputPadder(image1.shape, divisor=self.factor, mode=self.padding)
+        memory.check_image_size(*image1.shape[-2:])
+        padder = self.padder(image1.shape)
         dtype = next(self.parameters()).dtype
         im1, im2 = padder.pad_tensors(image1.to(dtype), image2.to(dtype))
         x1, x2 = self._prepare(im1), self._prepare(im2)
@@ -152,8 +153,9 @@ class MemFlow(RAFTBase):
         if not bool(torch.isfinite(clip).all()):
             bad = [i for i in range(t) if not bool(torch.isfinite(clip[:, i]).all())]
             raise ValueError(f"frame {bad[0]} contains NaN or inf pixels")
+        memory.check_image_size(*clip.shape[-2:])
         clip = clip.to(next(self.parameters()).dtype)
-        padder = InputPadder(clip.shape, divisor=self.factor, mode=self.padding)
+        padder = self.padder(clip.shape)
         outputs = []
         x_next = self._prepare(padder.pad_tensors(clip[:, 0])[0])
         f_next = self._features(x_next)
@@ -189,7 +191,7 @@ class MemFlow(RAFTBase):
                                                keep_all)
         if remember:
             # detached: the memory outlives this pair's graph (bounded memory also in grad mode)
-            memory.add(ctx.extras["key"].detach(), ctx.extras["value"].detach())
+            memory.add(ctx.extras["key"].detach(), ctx.extras["value"].detach(), (padder.ht, padder.wd))
         return FlowOutput(flow=padder.unpad(flow_up), flow_low=flow_low, flows=[padder.unpad(f) for f in flows])
 
     @staticmethod

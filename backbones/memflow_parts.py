@@ -114,6 +114,7 @@ class MotionMemory:
     values: torch.Tensor | None = None
     grid: tuple[int, int] | None = None
     frames_seen: int = field(default=0)
+    image_size: tuple[int, int] | None = None   # H x W of the frames (before padding), once one is stored
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_frames < self.max_frames:
@@ -141,9 +142,19 @@ class MotionMemory:
                 f"{key.shape[0]} on {tuple(key.shape[-2:])}: frames of one sequence must have the same size; "
                 f"use a fresh memory (reset_memory()) for another video")
 
-    def add(self, key: torch.Tensor, value: torch.Tensor) -> None:
-        """Store one frame: key N x Ck x h x w, value N x Cv x h x w."""
+    def check_image_size(self, h: int, w: int) -> None:
+        """Raise ValueError if frames of ``h x w`` do not belong to the sequence this memory holds."""
+        if self.keys is not None and self.image_size is not None and (h, w) != tuple(self.image_size):
+            raise ValueError(f"memory holds frames of {self.image_size[0]}x{self.image_size[1]} but this pair is "
+                             f"{h}x{w}: frames of one sequence must have the same size; use a fresh memory "
+                             f"(reset_memory()) for another video")
+
+    def add(self, key: torch.Tensor, value: torch.Tensor, image_size: tuple[int, int] | None = None) -> None:
+        """Store one frame: key N x Ck x h x w, value N x Cv x h x w (``image_size``: its unpadded H x W)."""
         self.check_compatible(key)
+        if image_size is not None:
+            self.check_image_size(*image_size)
+            self.image_size = (int(image_size[0]), int(image_size[1]))
         self.grid = (int(key.shape[-2]), int(key.shape[-1]))
         key, value = key.flatten(2), value.flatten(2)
         if self.keys is None:
@@ -159,7 +170,7 @@ class MotionMemory:
 
     def clear(self) -> None:
         """Forget everything (start of a new sequence)."""
-        self.keys = self.values = self.grid = None
+        self.keys = self.values = self.grid = self.image_size = None
         self.frames_seen = 0
 
     def detach(self) -> "MotionMemory":
@@ -174,7 +185,7 @@ class MotionMemory:
         return MotionMemory(self.max_frames, self.min_frames,
                             None if self.keys is None else self.keys.clone(),
                             None if self.values is None else self.values.clone(),
-                            self.grid, self.frames_seen)
+                            self.grid, self.frames_seen, self.image_size)
 
     def to(self, device: torch.device | str) -> "MotionMemory":
         """A copy on ``device``."""
@@ -190,6 +201,8 @@ class MotionMemory:
         if self.keys is not None:
             sd.update(keys=self.keys.detach().clone(), values=self.values.detach().clone(),
                       grid=torch.tensor(self.grid))
+            if self.image_size is not None:
+                sd["image_size"] = torch.tensor(self.image_size)
         return sd
 
     @classmethod
@@ -201,6 +214,8 @@ class MotionMemory:
             if "keys" in sd:
                 mem.keys, mem.values = sd["keys"], sd["values"]
                 mem.grid = (int(sd["grid"][0]), int(sd["grid"][1]))
+                if "image_size" in sd:
+                    mem.image_size = (int(sd["image_size"][0]), int(sd["image_size"][1]))
         except KeyError as e:
             raise ValueError(f"not a MotionMemory state dict: missing {e}") from e
         return mem

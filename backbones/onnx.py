@@ -163,10 +163,13 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, size: tuple[int, int]
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
-    pad_h, pad_w = -h % 8, -w % 8
+    # the coarse flow lives on the padded grid (a multiple of 8 and >= 128 px per side, RAFTBase.padder)
+    padder = net.model.padder((batch, 3, h, w)) if hasattr(net.model, "padder") else None
+    left, right, top, bottom = padder.pad if padder is not None else (0, -w % 8, 0, -h % 8)
+    low = [(h + top + bottom) // 8, (w + left + right) // 8]
     return {"path": str(path), "size": [h, w], "iters": iters, "corr": corr, "opset": opset, "batch": batch,
             "inputs": {"image1": [batch, 3, h, w], "image2": [batch, 3, h, w]},
-            "outputs": {"flow": [batch, 2, h, w], "flow_low": [batch, 2, (h + pad_h) // 8, (w + pad_w) // 8]},
+            "outputs": {"flow": [batch, 2, h, w], "flow_low": [batch, 2, *low]},
             "bytes": path.stat().st_size}
 
 

@@ -160,9 +160,20 @@ class RAFTBase(nn.Module):
     # ----------------------------------------------------------------------------------------------- options
     @property
     def min_input_size(self) -> int:
-        """Smallest image side: after padding to a multiple of 8, the coarsest correlation level (1/8 pooled
-        ``corr_levels - 1`` times) must keep at least one pixel, i.e. 64 px padded for 4 levels."""
-        return self.factor * 2 ** (self.corr_levels - 1) - (self.factor - 1)
+        """Smallest accepted image side: 1 px (smaller inputs are padded, see ``min_padded_size``)."""
+        return 1
+
+    @property
+    def min_padded_size(self) -> int:
+        """Side the input is padded to at least (replicate), 128 px for 4 levels: the coarsest correlation
+        level (1/8, average-pooled ``corr_levels - 1`` times) then keeps >= 2 rows and columns. With one row
+        the official lookup divides by ``H - 1 = 0`` and returns NaN (official RAFT below 128 px)."""
+        return self.factor * 2 ** (self.corr_levels - 1) * 2
+
+    def padder(self, shape: tuple[int, ...] | torch.Size) -> InputPadder:
+        """The padding of an input of ``shape`` (... x H x W): to a multiple of 8 and >= ``min_padded_size``,
+        in this network's ``padding`` mode. Sizes the official code takes (>= 128 px) pad exactly as official."""
+        return InputPadder(shape, divisor=self.factor, mode=self.padding, min_size=self.min_padded_size)
 
     def freeze_bn(self, enabled: bool = True) -> "RAFTBase":
         """Keep every BatchNorm layer in eval mode (running statistics frozen), also after ``train()``."""
@@ -314,13 +325,15 @@ class RAFTBase(nn.Module):
         if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
             raise ValueError(f"iters must be a positive integer, got {iters!r}")
 
-    def _check_flow_init(self, name: str, flow_init: torch.Tensor | None, shape: tuple[int, ...]) -> None:
+    def _check_flow_init(self, name: str, flow_init: torch.Tensor | None, shape: tuple[int, ...],
+                         input_hw: tuple[int, int] | None = None) -> None:
         if flow_init is None:
             return
         if not isinstance(flow_init, torch.Tensor) or tuple(flow_init.shape) != shape:
             got = tuple(flow_init.shape) if isinstance(flow_init, torch.Tensor) else type(flow_init).__name__
-            raise ValueError(f"{name} must be the coarse flow N x 2 x H/8 x W/8 on the padded grid "
-                             f"({shape}), got {got}")
+            for_input = f" for a {input_hw[0]}x{input_hw[1]} input" if input_hw else ""
+            raise ValueError(f"{name} must be the coarse flow on the padded 1/8 grid{for_input}, i.e. shape "
+                             f"{shape} (a previous call's out.flow_low), got {got}")
         if not bool(torch.isfinite(flow_init).all()):
             raise ValueError(f"{name} contains NaN or inf values")
 
@@ -329,7 +342,8 @@ class RAFTBase(nn.Module):
                 flow_init_bw: torch.Tensor | None = None) -> FlowOutput:
         """Flow from image1 to image2.
 
-        image1, image2: float N x 3 x H x W, values 0..255, any size >= ``min_input_size``.
+        image1, image2: float N x 3 x H x W, values 0..255, any size from 1 x 1 (padded to a multiple of 8 and
+        to >= ``min_padded_size`` per side, replicate, and cropped back), any memory layout.
         flow_init: optional warm start, the coarse flow N x 2 x H'/8 x W'/8 on the padded grid (a previous
         ``out.flow_low``). Returns FlowOutput(flow N x 2 x H x W, flow_low on the padded 1/8 grid,
         flows = every iteration's full-res flow when training or ``return_all``, else []).
@@ -337,13 +351,13 @@ class RAFTBase(nn.Module):
         it in ``extras``: ``flow_bw``, ``flow_bw_low``, ``flows_bw`` (warm start: ``flow_init_bw``).
         """
         self._check_call(image1, image2, iters)
-        padder = InputPadder(image1.shape, divisor=self.factor, mode=self.padding)
+        padder = self.padder(image1.shape)
         dtype = next(self.parameters()).dtype
         im1, im2 = padder.pad_tensors(image1.to(dtype), image2.to(dtype))
         n, _, h, w = im1.shape
         low_shape = (n, 2, h // self.factor, w // self.factor)
-        self._check_flow_init("flow_init", flow_init, low_shape)
-        self._check_flow_init("flow_init_bw", flow_init_bw, low_shape)
+        self._check_flow_init("flow_init", flow_init, low_shape, tuple(image1.shape[-2:]))
+        self._check_flow_init("flow_init_bw", flow_init_bw, low_shape, tuple(image1.shape[-2:]))
 
         x1, x2 = self._prepare(im1), self._prepare(im2)
         grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import importlib
 import os
+import pickle
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-__all__ = ["register", "available", "build", "load_weights", "param_groups", "count_parameters",
+__all__ = ["register", "available", "build", "load_weights", "read_checkpoint_file", "param_groups", "count_parameters",
            "CheckpointMismatchError", "capabilities"]
 
 # name -> module that registers it (imported on demand, so one broken network never hides the others)
@@ -150,22 +151,63 @@ def _numpy_safe_globals() -> list:
     return types
 
 
+_ZIP_MAGIC = b"PK\x03\x04"      # torch.save's default (zip) format
+_PICKLE_MAGIC = b"\x80"          # legacy torch.save format: a pickle, protocol >= 2
+
+
+def read_checkpoint_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` with one-line errors that say what the file is.
+
+    Never runs code from the file: a checkpoint that pickles functions or objects is refused (weights_only)
+    before anything in it executes. Allowed besides tensors and containers: numpy scalars and arrays (mmflow
+    files carry them in their ``meta``). Errors: ``FileNotFoundError`` (missing), ``CheckpointMismatchError``
+    (not a torch file, truncated, or pickled code).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path} does not exist" if not os.path.isdir(path)
+                                else f"checkpoint {path} is a folder, not a file")
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if not head:
+        raise CheckpointMismatchError(f"{path}: not a torch checkpoint (the file is empty)")
+    if not (head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE_MAGIC)):
+        text = head[:24].decode("utf-8", "replace").replace("\n", " ").strip()
+        looks = f"it starts with the text {text!r}" if head.isascii() else "it has no torch.save header"
+        raise CheckpointMismatchError(f"{path}: not a torch checkpoint ({looks}); give a .pt/.pth file "
+                                      f"written by torch.save")
+    try:
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights only load failed" in str(e).lower() or "unsupported global" in str(e).lower():
+            raise CheckpointMismatchError(
+                f"{path}: refused: the file pickles Python objects or code, which is never run here "
+                f"(weights_only=True); save a plain state dict of tensors instead ({first[:120]})") from e
+        raise CheckpointMismatchError(f"{path}: corrupt torch checkpoint ({first[:160]})") from e
+    except Exception as e:  # truncated zip, bad records
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointMismatchError(f"{path}: truncated or corrupt torch checkpoint ({first[:160]})") from e
+
+
+def _check_finite(sd: dict[str, torch.Tensor], source: str) -> None:
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        shown = ", ".join(bad[:5]) + (f", ... ({len(bad)} in all)" if len(bad) > 5 else "")
+        raise CheckpointMismatchError(f"{source}: weights contain NaN or inf values ({shown}); the file is "
+                                      f"damaged or comes from a diverged training run")
+
+
 def load_weights(model: nn.Module, checkpoint: str | os.PathLike | dict, strict: bool = True) -> nn.Module:
-    """Load weights into ``model`` in place; with ``strict`` every key and shape must match."""
+    """Load weights into ``model`` in place; with ``strict`` every key and shape must match.
+
+    Weights with NaN or inf values are refused (``CheckpointMismatchError`` naming the keys).
+    """
     source = str(checkpoint) if not isinstance(checkpoint, dict) else "state dict"
-    if isinstance(checkpoint, dict):
-        obj = checkpoint
-    else:
-        if not os.path.isfile(checkpoint):
-            raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
-        try:
-            # mmflow/mmcv files carry a `meta` dict that may hold numpy scalars: allow those data types
-            # (and only those) next to tensors; still no arbitrary code from a checkpoint.
-            with torch.serialization.safe_globals(_numpy_safe_globals()):
-                obj = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        except Exception as e:  # pickle errors, truncated zip, ...
-            raise CheckpointMismatchError(f"{checkpoint}: cannot be read as a torch checkpoint ({e})") from e
+    obj = checkpoint if isinstance(checkpoint, dict) else read_checkpoint_file(checkpoint)
     sd = _unwrap(obj, source, model)
+    _check_finite(sd, source)
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]

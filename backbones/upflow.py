@@ -275,7 +275,11 @@ class UPFlow(nn.Module):
         pad = _pad_amounts(h, w, MIN_SIDE)
         x1, x2 = self.normalize(image1), self.normalize(image2)
         if any(pad):
-            x1, x2 = F.pad(x1, pad, mode="replicate"), F.pad(x2, pad, mode="replicate")
+            # padded sizes (the official code gives NaN there): one layout, so channels_last or strided inputs
+            # give the same flow. Unpadded inputs keep the caller's layout as the official code does: the
+            # convolutions round differently per layout and the hard warping mask amplifies that.
+            x1 = F.pad(x1.contiguous(), pad, mode="replicate").contiguous()
+            x2 = F.pad(x2.contiguous(), pad, mode="replicate").contiguous()
 
         per_image = []
         for x in (x1, x2):

@@ -53,6 +53,15 @@ class AdaptResult:
     mode: str = "joint"
     resets: list[tuple[int, str]] = field(default_factory=list)
 
+    def __repr__(self) -> str:
+        # short on purpose: the default dataclass repr prints the whole network and every tensor
+        shape = "x".join(str(d) for d in self.flows[0].shape) if self.flows else "-"
+        totals = [h["total"] for h in self.history if isinstance(h.get("total"), (int, float))]
+        loss = f", objective {totals[0]:.4g} -> {totals[-1]:.4g}" if totals else ""
+        return (f"AdaptResult(mode={self.mode!r}, pairs={len(self.flows)}, flow={shape}, "
+                f"model={type(self.model).__name__}, steps_taken={self.steps_taken}, "
+                f"rolled_back={self.rolled_back}{loss})")
+
     @property
     def flow(self) -> torch.Tensor:
         """The first pair's adapted flow (the only one for a pair)."""

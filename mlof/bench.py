@@ -120,7 +120,8 @@ def _build(name: str, corr: str, precision: str, checkpoint: str | None, device:
     if precision != "fp32":
         options["precision"] = precision
     # with a checkpoint, build_model checks that it holds network ``name``
-    return build_model(ModelConfig(name=name, options=options, checkpoint=checkpoint), device).eval()
+    return build_model(ModelConfig(name=name, options=options, checkpoint=checkpoint), device,
+                       warn_random=False).eval()   # speed and memory do not depend on the weights
 
 
 def _case(model: torch.nn.Module, img1: torch.Tensor, img2: torch.Tensor, mode: str,

@@ -14,6 +14,7 @@ A checkpoint is a plain dict (every value a tensor, number, string, list or dict
     rng         {"torch", "numpy", "python", "cuda"}  (see mlof.train.seeding.capture_rng)
     recipe      the resolved run configuration (plain dict)
     metrics     last logged metrics (plain dict)
+    image_range [0, 255]: the value range of the images it was trained on (a different one gives a warning)
 
 Official release files (RAFT, GMA, ...) carry no backbone name: load them with
 ``mlof.load(path, backbone="raft")``.
@@ -29,8 +30,8 @@ from torch import nn
 
 from mlof.utils import atomic_open
 
-__all__ = ["FORMAT", "VERSION", "CheckpointError", "save_checkpoint", "load_checkpoint", "load",
-           "is_mlof_checkpoint", "unwrap_model", "export_weights"]
+__all__ = ["FORMAT", "VERSION", "CheckpointError", "CheckpointWriteError", "save_checkpoint", "load_checkpoint", "load",
+           "is_mlof_checkpoint", "unwrap_model", "export_weights", "validate_checkpoint"]
 
 FORMAT = "mlof"
 VERSION = 1
@@ -39,6 +40,21 @@ _RESERVED = ("format", "version", "backbone", "state_dict")
 
 class CheckpointError(ValueError):
     """A file is not a readable mlof checkpoint, or does not say how to rebuild its network."""
+
+
+class CheckpointWriteError(OSError):
+    """Writing a checkpoint failed (disk full, permissions); the previous file at the path is intact."""
+
+
+def _atomic_save(payload: dict[str, Any], path: Path) -> None:
+    try:
+        with atomic_open(path, "wb") as f:
+            torch.save(payload, f)
+    except OSError as e:
+        reason = e.strerror or str(e) or type(e).__name__
+        kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
+        raise CheckpointWriteError(e.errno, f"cannot write checkpoint {path}: {reason} ({kept}); free space "
+                                            f"or fix the folder, then continue with --resume") from e
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -75,19 +91,50 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra: Any) -> 
     }
     payload.update(extra)
     path = Path(path)
-    with atomic_open(path, "wb") as f:
-        torch.save(payload, f)
+    _atomic_save(payload, path)
     return path
 
 
 def _read(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """The file's object via ``torch.load(weights_only=True)``: pickled code is refused, never run."""
+    from backbones.registry import read_checkpoint_file
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated zip, pickled objects that weights_only refuses, not a torch file
-        raise CheckpointError(f"{path}: cannot be read as a torch checkpoint with weights_only=True ({e})") from e
+        return read_checkpoint_file(path, map_location)
+    except (ValueError, OSError) as e:   # not a torch file, truncated, pickled objects weights_only refuses
+        raise CheckpointError(str(e)) from e
+
+
+def validate_checkpoint(obj: dict[str, Any], source: str | os.PathLike) -> None:
+    """Raise ``CheckpointError`` naming the entry if an mlof checkpoint's metadata is not sane.
+
+    Checked: ``version`` (int 1..VERSION), ``backbone`` ({name: a known network, options: dict}),
+    ``state_dict`` (a non-empty dict of tensors), ``step`` (int >= 0 when present).
+    """
+    import backbones
+
+    version = obj.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{source}: checkpoint version {version!r} is not a version number")
+    if version > VERSION:
+        raise CheckpointError(f"{source}: checkpoint version {version!r} is newer than this mlof reads ({VERSION})")
+    spec = obj.get("backbone")
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise CheckpointError(f"{source}: 'backbone' must be {{'name': str, 'options': dict}}, got {spec!r:.80}")
+    if spec["name"] not in backbones.available():
+        raise CheckpointError(f"{source}: backbone {spec['name']!r:.60} is not a known network (one of "
+                              f"{', '.join(backbones.available())})")
+    if not isinstance(spec.get("options", {}) or {}, dict):
+        raise CheckpointError(f"{source}: backbone options must be a dict, got {spec.get('options')!r:.80}")
+    sd = obj.get("state_dict")
+    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(f"{source}: 'state_dict' must be a non-empty dict of tensors")
+    step = obj.get("step")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
+        raise CheckpointError(f"{source}: 'step' must be an int >= 0, got {step!r:.40}")
 
 
 def is_mlof_checkpoint(obj: Any) -> bool:
@@ -101,12 +148,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not is_mlof_checkpoint(obj):
         raise CheckpointError(f"{path} is not an mlof checkpoint (no 'format': 'mlof' entry); official release "
                               f"files load with mlof.load(path, backbone=NAME)")
-    version = obj.get("version")
-    if not isinstance(version, int) or version > VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {version!r} is newer than this mlof reads ({VERSION})")
     for key in ("backbone", "state_dict"):
         if key not in obj:
             raise CheckpointError(f"{path}: mlof checkpoint lacks its {key!r} entry")
+    validate_checkpoint(obj, path)
     return obj
 
 
@@ -122,12 +167,19 @@ def load(path: str | os.PathLike, backbone: str | None = None, map_location: str
 
     obj = _read(path, "cpu")
     if is_mlof_checkpoint(obj):
-        ckpt = load_checkpoint(path)
+        for key in ("backbone", "state_dict"):
+            if key not in obj:
+                raise CheckpointError(f"{path}: mlof checkpoint lacks its {key!r} entry")
+        validate_checkpoint(obj, path)
+        ckpt = obj
         spec = ckpt["backbone"]
         if backbone is not None and backbone != spec["name"]:
             raise CheckpointError(f"{path} holds a {spec['name']!r} network, not {backbone!r}")
         model = backbones.build(spec["name"], **{**spec.get("options", {}), **options})
-        backbones.load_weights(model, ckpt, strict=strict)
+        try:
+            backbones.load_weights(model, ckpt, strict=strict)
+        except ValueError as e:
+            raise CheckpointError(str(e).replace("state dict", str(path), 1)) from e
     else:
         if backbone is None:
             raise CheckpointError(f"{path} is not an mlof checkpoint and stores no backbone name; say which "
@@ -148,9 +200,8 @@ def export_weights(src: str | os.PathLike, dst: str | os.PathLike, **extra: Any)
     clash = [k for k in extra if k in _RESERVED]
     if clash:
         raise ValueError(f"export_weights: {', '.join(clash)} come from {src}")
-    keep = {k: ckpt[k] for k in (*_RESERVED, "step", "recipe", "metrics") if k in ckpt}
+    keep = {k: ckpt[k] for k in (*_RESERVED, "step", "recipe", "metrics", "image_range") if k in ckpt}
     keep.update(extra)
     dst = Path(dst)
-    with atomic_open(dst, "wb") as f:
-        torch.save(keep, f)
+    _atomic_save(keep, dst)
     return dst

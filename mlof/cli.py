@@ -70,7 +70,7 @@ def _train(kind: str, cfg: Any, args: argparse.Namespace) -> int:
         from mlof.train.pretrain import PretrainJob as Job
     else:
         from mlof.train.meta_train import MetaTrainJob as Job
-    summary = run_training(Job, cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    summary = run_training(Job, cfg, resume=cfg.resume, overwrite=cfg.overwrite, progress=not args.quiet)
     train = summary.get("train") or {}
     shown = ", ".join(f"{k} {v:.4g}" for k, v in list(train.items())[:4])
     _say(f"{kind}: {summary['step']} steps done ({summary['world_size']} process(es), "
@@ -87,60 +87,40 @@ def _fmt(x: Any) -> str:
 def _adapt(cfg: Any, args: argparse.Namespace) -> int:
     from mlof.train.inference import run_adapt
 
-    s = run_adapt(cfg, progress=not args.quiet)
-    _say(f"adapt ({s['mode']}) on {s['input']}: {s['pairs']} pair(s), {s['seconds']:.1f} s")
+    s = run_adapt(cfg, progress=not args.quiet, resume=cfg.resume, overwrite=cfg.overwrite)
+    _say(f"adapt ({s['mode']}) on {s['input']}: {s['pairs']} pair(s), iters {s['iters']}, padding "
+         f"{s['padding']}, {s['seconds']:.1f} s")
     if s["scored_pairs"]:
         _say(f"  EPE before adaptation: {_fmt(s['epe_before'])} px")
         _say(f"  EPE after adaptation:  {_fmt(s['epe_after'])} px   (mean over {s['scored_pairs']} pair(s) "
              f"with ground truth)")
-    _say(f"  outputs: {s['run_dir']}  (flows/, metrics.json, TensorBoard events)")
+    _say(f"  outputs: {s['run_dir']}  (flows/, flows_before/, images/, metrics.json, TensorBoard events)")
     return 0
 
 
 def _infer(cfg: Any, args: argparse.Namespace) -> int:
     from mlof.train.inference import run_infer
 
-    s = run_infer(cfg, progress=not args.quiet)
-    _say(f"infer on {s['input']}: {s['pairs']} pair(s), {s['seconds_per_pair']:.2f} s per pair"
+    s = run_infer(cfg, progress=not args.quiet, resume=cfg.resume, overwrite=cfg.overwrite)
+    _say(f"infer on {s['input']}: {s['pairs']} pair(s), iters {s['iters']}, {s['seconds_per_pair']:.2f} s per pair"
          + (f", EPE {s['epe']:.3f} px" if s.get("epe") is not None else ""))
     _say(f"  flows: {s['flows']}")
     return 0
 
 
 def _evaluate(cfg: Any, args: argparse.Namespace) -> int:
-    from mlof.evaluate import evaluate
-    from mlof.train.distributed import resolve_device
-    from mlof.train.pretrain import panel
-    from mlof.train.rundir import RunDir
-    from mlof.train.seeding import seed_everything
-    from mlof.train.setup import build_data, build_model
+    from mlof.evaluate import run_evaluate
 
-    obj = OmegaConf.to_object(cfg)
-    device = resolve_device(obj.device)
-    seed_everything(obj.seed)
-    model = build_model(obj.model, device).eval()
-    data_cfg = obj.data
-    dataset = build_data(data_cfg)
-    run = RunDir(cfg.out_dir, cfg.name)
-    run.save_config(cfg)
+    summary = run_evaluate(cfg, progress=not args.quiet, resume=cfg.resume, overwrite=cfg.overwrite)
 
-    def on_sample(i: int, sample: Any, flow: Any, metrics: dict) -> None:
-        run.log_scalars(i, {k: v for k, v in metrics.items() if k in ("epe", "fl_all")}, prefix="eval/sample_")
-        if i < cfg.images:
-            batch = {k: (v[None] if hasattr(v, "dim") else v) for k, v in sample.items()}
-            run.log_image(i, "eval/panel", panel(batch, flow[None]))
+    def head(s: dict) -> str:
+        return ", ".join(f"{k} {v:.3f}" for k, v in s["headline"].items())
 
-    adapt = dict(obj.adapt) if obj.adapt else None
-    summary = evaluate(model, dataset, dataset_name=data_cfg.name, iters=cfg.iters, padding=cfg.padding,
-                       warm_start=cfg.warm_start, max_samples=cfg.max_samples, adapt=adapt,
-                       progress=not args.quiet, on_sample=on_sample)
-    run.log_scalars(0, {k: v for k, v in summary.items() if isinstance(v, float)}, prefix="eval/")
-    path = run.write_metrics(summary)
-    run.close()
-    head = ", ".join(f"{k} {v:.3f}" for k, v in summary["headline"].items())
-    _say(f"evaluate on {data_cfg.name} ({summary['num_images']} pairs, iters {summary['iters']}, padding "
-         f"{summary['padding']}{', adapted' if adapt else ''}): {head}")
-    _say(f"  metrics: {path}")
+    _say(f"evaluate on {summary['dataset']} ({summary['num_images']} pairs, iters {summary['iters']}, padding "
+         f"{summary['padding']}{', adapted' if summary['adapted'] else ''}): {head(summary)}")
+    if summary.get("before"):
+        _say(f"  before adaptation (same run, same settings): {head(summary['before'])}")
+    _say(f"  metrics: {summary['metrics_path']}")
     return 0
 
 
@@ -153,11 +133,11 @@ def _bench(cfg: Any, args: argparse.Namespace) -> int:
     from mlof.train.rundir import RunDir
 
     obj: BenchConfig = OmegaConf.to_object(cfg)
+    run = RunDir.for_config(cfg)
     if obj.threads > 0:
         torch.set_num_threads(obj.threads)
     device = resolve_device(obj.device)
     rows = bench(obj, device, progress=None if args.quiet else (lambda m: print(f"  measuring {m}", flush=True)))
-    run = RunDir(obj.out_dir, obj.name)
     run.save_config(cfg)
     info = {"device": str(device), "torch": torch.__version__, "threads": obj.threads or torch.get_num_threads(),
             "cpus": os.cpu_count(), "rows": rows}
@@ -196,8 +176,10 @@ def _models(cfg: Any, args: argparse.Namespace) -> int:
         groups = backbones.param_groups(model)
         rows.append({"name": name, "parameters": backbones.count_parameters(model),
                      "groups": sorted(g for g in groups if g != "all")})
-    run = RunDir(cfg.out_dir, cfg.name, tensorboard=False)
+    run = RunDir(cfg.out_dir, cfg.name, tensorboard=False, overwrite=True)   # a listing: replaced each time
+    run.save_config(cfg)
     run.write_json("models.json", rows)
+    run.close()
     if cfg.format == "json":
         print(json.dumps(rows, indent=2))
     else:
@@ -264,6 +246,9 @@ class Command:
     training: bool = False
 
 
+# subcommands that write a run folder <out_dir>/<name>/ (refused when it holds a run, see RunDir)
+RUN_FOLDER_COMMANDS = ("pretrain", "meta-train", "adapt", "evaluate", "infer", "bench")
+
 COMMANDS: dict[str, Command] = {
     "pretrain": Command("supervised training of a flow network (RAFT/GMA recipe)",
                         lambda c, a: _train("pretrain", c, a), training=True),
@@ -279,6 +264,9 @@ COMMANDS: dict[str, Command] = {
     "fetch": Command("download official checkpoints into MLOF_HOME (~/.cache/mlof), verified", _fetch),
     "export": Command("export a network to ONNX (checked against torch with onnxruntime)", _export),
 }
+
+
+_STREAMING = ("adapt", "infer", "evaluate")   # commands that write per pair and can --resume
 
 
 def _config_listing(kind: str) -> str:
@@ -315,8 +303,16 @@ def build_parser() -> argparse.ArgumentParser:
                            help="adapt along the sequence, carrying the weights (= online=true)")
         if cmd.training:
             p.add_argument("--resume", action="store_true",
-                           help="continue runs/<name> from checkpoints/latest.pt (same recipe)")
-            p.add_argument("--overwrite", action="store_true", help="start runs/<name> over")
+                           help="continue runs/<name> from checkpoints/latest.pt (same recipe; = resume=true)")
+            p.add_argument("--overwrite", action="store_true",
+                           help="start runs/<name> over, deleting what it holds (= overwrite=true)")
+        elif name in _STREAMING:
+            p.add_argument("--resume", action="store_true",
+                           help="continue an interrupted runs/<name>: finished pairs are not redone (same config)")
+            p.add_argument("--overwrite", action="store_true", help="start runs/<name> over (= overwrite=true)")
+        elif name in RUN_FOLDER_COMMANDS:
+            p.add_argument("--overwrite", action="store_true",
+                           help="start runs/<name> over, deleting what it holds (= overwrite=true)")
     return parser
 
 
@@ -379,6 +375,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, CheckpointError, UserError)
 
 
+def _one_line(e: BaseException) -> str:
+    """An exception's message on one line (multi-line hints joined with ' | ')."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return " | ".join(lines) if lines else type(e).__name__
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 user error, 130 interrupted)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -403,7 +405,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if hint:
             print(f"mlof {cmd_name}: error: {hint}", file=sys.stderr)
             return 2
-        args = parser.parse_args(argv)
+        # key=value overrides may come after flags too (`adapt --config X a=1 -q b=2`): argparse takes one
+        # run of positionals, so the later runs come back unparsed and are added here
+        args, rest = parser.parse_known_args(argv)
+        stray = [a for a in rest if a.startswith("-") or ("=" not in a and cmd_name != "fetch")]
+        if stray:
+            parser.error(f"unrecognized arguments: {' '.join(stray)}")
+        if rest:
+            args.overrides = list(getattr(args, "overrides", None) or []) + rest
         if args.command is None:
             parser.print_help()
             return 2
@@ -414,6 +423,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from mlof.train.config import resolve
 
         overrides = list(args.overrides) + (["online=true"] if getattr(args, "online", False) else [])
+        # the flags are the last word (a script's default overwrite=true yields to an explicit --resume)
+        if getattr(args, "resume", False) and getattr(args, "overwrite", False):
+            raise UserError("--resume and --overwrite exclude each other: continue the run or start it over")
+        overrides += ["resume=true", "overwrite=false"] if getattr(args, "resume", False) else []
+        overrides += ["overwrite=true", "resume=false"] if getattr(args, "overwrite", False) else []
         cfg = resolve(_defaults(args.command), args.config, overrides)
         if args.print_config:
             print(OmegaConf.to_yaml(cfg), end="")
@@ -425,8 +439,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except _user_errors() as e:
         if os.environ.get("MLOF_DEBUG"):
             raise
-        print(f"mlof {cmd_name}: error: {e}", file=sys.stderr)
+        print(f"mlof {cmd_name}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except OSError as e:   # the machine, not the user: disk full, permissions (one line, status 1)
+        if os.environ.get("MLOF_DEBUG"):
+            raise
+        print(f"mlof {cmd_name}: error: {_one_line(e)}", file=sys.stderr)
+        return 1
     finally:
         from mlof.train.distributed import shutdown
         shutdown()

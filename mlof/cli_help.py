@@ -54,6 +54,7 @@ _SHARED = {
     "images": "pictures: colour flow / panels written or logged (false or 0: none)",
     "resize": "scale the inputs by this factor (or to [H, W]); flows and metrics are scaled back",
     "max_side": "downscale inputs whose longer side exceeds this many pixels; results scaled back",
+    "overwrite": "true: start an existing run folder over, deleting its previous outputs (as --overwrite)",
     "log": "how often a training run logs and saves (in optimizer steps)",
     "log.every": "scalars to TensorBoard and the progress bar every N steps",
     "log.images_every": "image grid (frames, flow, ground truth, error) every N steps",

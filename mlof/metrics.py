@@ -24,7 +24,7 @@ rate is the percentage with EPE > n px (RAFT prints the complement, the share wi
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -222,10 +222,25 @@ class FlowMetricAccumulator:
         stats = _image_stats(p, g, v, o, self.thresholds)
         names = _metric_names(self.thresholds)
         out: dict[str, np.ndarray] = {}
+        self._last = stats
         for key, s in stats.items():
             self._stats[key].append(s)
             out.update(_named(_rates(s, pooled=False), names, key, per_image=True))
         return out
+
+    def last_stats(self) -> dict[str, list[list[float]]]:
+        """The sufficient statistics of the last ``add`` (per region, one row per image), as plain lists:
+        what ``add_stats`` takes back, e.g. to rebuild the accumulator of an interrupted run exactly."""
+        return {key: s.tolist() for key, s in getattr(self, "_last", {}).items()}
+
+    def add_stats(self, stats: Mapping[str, Sequence[Sequence[float]]]) -> None:
+        """Add statistics saved by ``last_stats`` (float64: the summary is the same as after ``add``)."""
+        unknown = set(stats) - set(self._stats)
+        if unknown or "" not in stats:
+            raise ValueError(f"stats: expected the regions {sorted(self._stats)} (all pixels '' at least), got "
+                             f"{sorted(stats)}")
+        for key, rows in stats.items():
+            self._stats[key].append(np.asarray(rows, dtype=np.float64).reshape(len(rows), -1))
 
     def summary(self) -> dict[str, float]:
         """Pooled and per-image-mean metrics over everything added (NaN where nothing was counted)."""

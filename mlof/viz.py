@@ -16,7 +16,8 @@ import torch
 
 from mlof.metrics import FL_ABS_THRESH, FL_REL_THRESH, to_flow_batch, to_mask_batch
 
-__all__ = ["colorwheel", "flow_to_rgb", "error_map", "flow_panel", "to_tensorboard", "KITTI_ERROR_COLORS"]
+__all__ = ["colorwheel", "flow_to_rgb", "error_map", "flow_panel", "color_key", "series_plot", "to_tensorboard",
+           "KITTI_ERROR_COLORS"]
 
 _UNKNOWN = 1e9
 _EPS = 1e-5   # as in the Middlebury/flow_vis code: a zero-flow field normalises to white, never divides by 0
@@ -158,26 +159,65 @@ def _to_rgb_image(img: Any, name: str) -> np.ndarray:
     return a
 
 
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+# The outline is the text itself stamped at these offsets (same thickness as the text). A thicker stroke
+# would be wider: OpenCV 5 advances glyphs by the stroke thickness (getTextSize of 24 characters at scale
+# 1: 332 px at thickness 1, 349 px at thickness 3), so a thick outline does not lie under the text.
+_OUTLINE_OFFSETS = [(dx, dy) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dx, dy) != (0, 0)]
+
+
+def caption_scale(tile_shape: Sequence[int]) -> float:
+    """The font scale of captions on a tile of ``tile_shape`` (H, W, ...): grows with the tile's short side."""
+    return max(0.35, min(tile_shape[:2]) / 500)
+
+
 def _label(tile: np.ndarray, text: str) -> np.ndarray:
-    """Write a small caption at the top-left: white on a dark outline, readable on any background."""
-    scale = max(0.35, min(tile.shape[:2]) / 500)
-    org = (4, int(14 * scale / 0.4))
-    out = np.ascontiguousarray(tile)
-    cv2.putText(out, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
-    cv2.putText(out, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    """Write a small caption at the top-left: white text on a one-pixel dark outline, readable on any
+    background. The outline is the same glyph run shifted by one pixel in the 8 directions, so outline and
+    text have the same width on every OpenCV version. ``tile``: H x W x 3 uint8 (a copy is returned)."""
+    scale = caption_scale(tile.shape)
+    (_, text_h), _ = cv2.getTextSize(text, _FONT, scale, 1)
+    x0, y0 = 4, 3 + text_h
+    out = np.ascontiguousarray(tile).copy()
+    for dx, dy in _OUTLINE_OFFSETS:
+        cv2.putText(out, text, (x0 + dx, y0 + dy), _FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(out, text, (x0, y0), _FONT, scale, (255, 255, 255), 1, cv2.LINE_AA)
     return out
 
 
+def color_key(h: int, w: int, max_radius: float = 1.0, labels: bool = True) -> np.ndarray:
+    """The colour-wheel key of ``flow_to_rgb`` as an H x W x 3 uint8 tile: a disk whose rim is ``max_radius``
+    px (fully saturated), centre white, on a dark grey background, with the radius in the caption."""
+    if h < 1 or w < 1:
+        raise ValueError(f"color_key: size must be positive, got {h} x {w}")
+    r = max(1.0, 0.42 * min(h, w))
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    u, v = (xs - (w - 1) / 2) / r, (ys - (h - 1) / 2) / r
+    img = _uv_to_rgb(u, v)
+    img[np.sqrt(u * u + v * v) > 1] = 48
+    if labels:
+        img = _label(img, f"key: rim = {max_radius:.1f} px")
+    return img
+
+
 def flow_panel(frames: Sequence[Any] | Any, flow: Any, gt: Any = None, valid: Any = None, *,
-               labels: bool = True, max_radius: float | None = None, error_scale: str = "kitti",
-               gap: int = 2) -> np.ndarray:
-    """One picture for logs: the frames in the top row; predicted flow, ground truth and error below.
+               before: Any = None, labels: bool = True, max_radius: float | None = None,
+               error_scale: str = "kitti", gap: int = 2) -> np.ndarray:
+    """One picture of a pair: the frames in the top row, flows (and errors) below, and a colour-wheel key.
 
     ``frames``: a sequence of images (numpy H x W x 3, torch 3 x H x W; 0..255) or a T x 3 x H x W tensor.
-    ``flow`` / ``gt``: one flow each (H x W x 2 numpy or 2 x H x W torch). Prediction and ground truth share
-    one colour scale (``max_radius``, default the largest known ground-truth magnitude, else the
-    prediction's) so their colours compare directly. Frames of another size are resized to the flow's.
-    Returns an H' x W' x 3 uint8 image (tiles separated by ``gap`` black pixels).
+    ``flow`` / ``gt`` / ``before``: one flow each (H x W x 2 numpy or 2 x H x W torch); ``before`` is the
+    unadapted prediction of an adapted ``flow``. Layout (no empty cell for two frames)::
+
+        no gt:            frame 1 | frame 2                    / prediction | key
+        gt:               frame 1 | frame 2 | key              / prediction | ground truth | error
+        before, no gt:    frame 1 | frame 2 | key              / before | after | after - before
+        before and gt:    frame 1 | frame 2 | gt | key         / before | after | error before | error after
+
+    Every flow shares one colour scale (``max_radius``, default the largest known ground-truth magnitude,
+    else the prediction's) so colours compare directly; the key shows it. Captions give the EPE where ground
+    truth exists. Frames of another size are resized to the flow's. Returns an H' x W' x 3 uint8 image
+    (tiles separated by ``gap`` black pixels).
     """
     f, batched = _flows_hw2(flow)
     if batched and len(f) != 1:
@@ -185,32 +225,133 @@ def flow_panel(frames: Sequence[Any] | Any, flow: Any, gt: Any = None, valid: An
     h, w = f.shape[1:3]
     if isinstance(frames, (torch.Tensor, np.ndarray)) and frames.ndim == 4:
         frames = list(frames)
-    row1 = []
+    row1: list[tuple[np.ndarray, str]] = []
     for i, fr in enumerate(frames):
         img = _to_rgb_image(fr, f"frames[{i}]")
         if img.shape[:2] != (h, w):
             img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
-        row1.append(_label(img, f"frame {i + 1}") if labels else img)
+        row1.append((img, f"frame {i + 1}"))
     if max_radius is None:
         ref = f if gt is None else _flows_hw2(gt)[0]
         rad = np.sqrt((np.where(_known(ref, None)[..., None], ref, 0.0) ** 2).sum(-1))
         max_radius = float(rad.max()) if rad.size and rad.max() > 0 else 1.0
-    row2 = [flow_to_rgb(flow, max_radius=max_radius)]
-    captions = [f"prediction (max {max_radius:.1f} px)"]
+    from mlof.metrics import epe   # local: only needed here
+
+    def scored(x: Any) -> str:
+        return f" (EPE {float(epe(x, gt, valid)):.2f} px)" if gt is not None else ""
+
+    row2: list[tuple[np.ndarray, str]] = []
+    if before is not None:
+        row2.append((flow_to_rgb(before, max_radius=max_radius), "before" + scored(before)))
+        row2.append((flow_to_rgb(flow, max_radius=max_radius), "after" + scored(flow)))
+    else:
+        row2.append((flow_to_rgb(flow, max_radius=max_radius), "prediction" + scored(flow)))
     if gt is not None:
-        row2.append(flow_to_rgb(gt, max_radius=max_radius, valid=valid))
-        row2.append(error_map(flow, gt, valid, scale=error_scale))
-        from mlof.metrics import epe   # local: only needed here
-        captions += ["ground truth", f"error (EPE {epe(flow, gt, valid):.2f} px)"]
+        gt_tile = (flow_to_rgb(gt, max_radius=max_radius, valid=valid), "ground truth")
+        (row1 if before is not None else row2).append(gt_tile)
+        if before is not None:
+            row2.append((error_map(before, gt, valid, scale=error_scale), "error before"))
+        row2.append((error_map(flow, gt, valid, scale=error_scale), "error after" if before is not None
+                     else "error"))
+    elif before is not None:
+        change = _flows_hw2(flow)[0][0] - _flows_hw2(before)[0][0]
+        row2.append((flow_to_rgb(change), "after - before (own scale)"))
+    key = (color_key(h, w, max_radius, labels=False), f"key: rim = {max_radius:.1f} px")
+    (row1 if len(row1) < len(row2) else row2).append(key)
     if labels:
-        row2 = [_label(t, c) for t, c in zip(row2, captions)]
+        row1, row2 = ([(_label(t, c), c) for t, c in r] for r in (row1, row2))
     cols = max(len(row1), len(row2))
-    blank = np.zeros((h, w, 3), np.uint8)
-    rows = [r + [blank] * (cols - len(r)) for r in (row1, row2) if r]
+    blank = np.zeros((h, w, 3), np.uint8)   # only for unusual frame counts
+    rows = [[t for t, _ in r] + [blank] * (cols - len(r)) for r in (row1, row2) if r]
     vsep = np.zeros((h, gap, 3), np.uint8)
     lines = [np.concatenate([x for t in r for x in (t, vsep)][:-1], axis=1) for r in rows]
     hsep = np.zeros((gap, lines[0].shape[1], 3), np.uint8)
     return np.concatenate([x for ln in lines for x in (ln, hsep)][:-1], axis=0)
+
+
+_SERIES_COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
+
+
+def _nice_step(span: float, target: int = 5) -> float:
+    """A 1/2/5 x 10^k tick step that cuts ``span`` into about ``target`` parts."""
+    raw = max(span, 1e-12) / target
+    mag = 10 ** np.floor(np.log10(raw))
+    return float(min((m * mag for m in (1, 2, 5, 10)), key=lambda s: abs(s - raw)))
+
+
+def series_plot(series: dict[str, Sequence[float | None]], *, title: str = "", xlabel: str = "pair",
+                ylabel: str = "EPE (px)", size: tuple[int, int] = (420, 760)) -> np.ndarray:
+    """A line plot of one or more series against their index, drawn with OpenCV (no matplotlib).
+
+    ``series``: name -> values (None / NaN = no value, skipped). Returns an H x W x 3 uint8 RGB image of
+    ``size`` (H, W): white background, axes with 1/2/5 ticks, a legend, markers when there are few points.
+    """
+    if not series:
+        raise ValueError("series: give at least one named series")
+    h, w = int(size[0]), int(size[1])
+    if h < 120 or w < 200:
+        raise ValueError(f"size: at least 120 x 200 px, got {h} x {w}")
+    vals = {k: np.array([np.nan if v is None else float(v) for v in s], np.float64) for k, s in series.items()}
+    n = max(len(v) for v in vals.values())
+    finite = np.concatenate([v[np.isfinite(v)] for v in vals.values()] + [np.zeros(0)])
+    top = float(finite.max()) if finite.size else 1.0
+    step = _nice_step(top if top > 0 else 1.0)
+    y_max = step * max(1, int(np.ceil(1.15 * top / step - 1e-9)))   # headroom for the legend
+    img = np.full((h, w, 3), 255, np.uint8)
+    left, right, up, down = 58, 16, 34 if title else 16, 44
+    x0, x1, y0, y1 = left, w - right, h - down, up     # plot box: x0..x1, y1 (top)..y0 (bottom)
+    black, grey = (0, 0, 0), (215, 215, 215)
+
+    def px(i: float) -> int:
+        return int(round(x0 + (x1 - x0) * (i / max(1, n - 1) if n > 1 else 0.5)))
+
+    def py(v: float) -> int:
+        return int(round(y0 - (y0 - y1) * v / y_max))
+
+    small = 0.4
+    t = 0.0
+    while t <= y_max + 1e-9:
+        cv2.line(img, (x0, py(t)), (x1, py(t)), grey, 1)
+        text = f"{t:g}"
+        (tw, th), _ = cv2.getTextSize(text, _FONT, small, 1)
+        cv2.putText(img, text, (x0 - 6 - tw, py(t) + th // 2), _FONT, small, black, 1, cv2.LINE_AA)
+        t += step
+    xstep = max(1, int(_nice_step(max(1, n - 1), 8))) if n > 1 else 1
+    for i in range(0, n, xstep):
+        cv2.line(img, (px(i), y0), (px(i), y0 + 4), black, 1)
+        text = str(i)
+        (tw, th), _ = cv2.getTextSize(text, _FONT, small, 1)
+        cv2.putText(img, text, (px(i) - tw // 2, y0 + 8 + th), _FONT, small, black, 1, cv2.LINE_AA)
+    cv2.rectangle(img, (x0, y1), (x1, y0), black, 1)
+    (tw, _), _ = cv2.getTextSize(xlabel, _FONT, small, 1)
+    cv2.putText(img, xlabel, ((x0 + x1 - tw) // 2, h - 8), _FONT, small, black, 1, cv2.LINE_AA)
+    cv2.putText(img, ylabel, (4, y1 - 8 if title else 12), _FONT, small, black, 1, cv2.LINE_AA)
+    if title:
+        (tw, th), _ = cv2.getTextSize(title, _FONT, 0.5, 1)
+        cv2.putText(img, title, ((w - tw) // 2, 6 + th), _FONT, 0.5, black, 1, cv2.LINE_AA)
+    legend = []
+    for name, v in vals.items():
+        mean = float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+        legend.append(f"{name} (mean {mean:.2f})")
+    legend_w = max(cv2.getTextSize(t, _FONT, small, 1)[0][0] for t in legend) + 36
+    lx = max(x0 + 4, x1 - legend_w - 6)
+    cv2.rectangle(img, (lx - 4, y1 + 3), (min(x1 - 2, lx + legend_w), y1 + 8 + 16 * len(legend)), (255, 255, 255), -1)
+    for k, (name, v) in enumerate(vals.items()):
+        color = _SERIES_COLORS[k % len(_SERIES_COLORS)]
+        pts = [(px(i), py(x)) for i, x in enumerate(v) if np.isfinite(x)]
+        for i in range(len(v) - 1):   # a missing value breaks the line
+            if np.isfinite(v[i]) and np.isfinite(v[i + 1]):
+                cv2.line(img, (px(i), py(v[i])), (px(i + 1), py(v[i + 1])), color, 2 if n <= 100 else 1,
+                         cv2.LINE_AA)
+        if len(pts) <= 60:
+            for p in pts:
+                cv2.circle(img, p, 3, color, -1, cv2.LINE_AA)
+    for k, (name, v) in enumerate(vals.items()):   # the legend last, over the lines
+        color = _SERIES_COLORS[k % len(_SERIES_COLORS)]
+        ly = y1 + 16 + 16 * k
+        cv2.line(img, (lx, ly - 4), (lx + 22, ly - 4), color, 2, cv2.LINE_AA)
+        cv2.putText(img, legend[k], (lx + 28, ly), _FONT, small, black, 1, cv2.LINE_AA)
+    return img
 
 
 def to_tensorboard(image: np.ndarray) -> torch.Tensor:

@@ -126,7 +126,7 @@ def test_unreadable_checkpoints_raise_clear_errors(tmp_path):
         backbones.build("raft_small", checkpoint=tmp_path / "nope.pth")
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointMismatchError, match="cannot be read"):
+    with pytest.raises(CheckpointMismatchError, match="not a torch checkpoint .*'not a checkpoint'"):
         backbones.build("raft_small", checkpoint=junk)
 
 
@@ -137,34 +137,40 @@ def test_any_size_batch_and_crop_back(small):
         out = small(im1, im2, iters=3)
         single = small(im1[1:], im2[1:], iters=3)
     assert out.flow.shape == (2, 2, 61, 75)
-    assert out.flow_low.shape == (2, 2, 8, 10)  # padded grid 64 x 80
+    assert out.flow_low.shape == (2, 2, 16, 16)  # padded grid 128 x 128 (the smallest padded size)
     assert torch.isfinite(out.flow).all()
     assert (out.flow[1:] - single.flow).abs().max() < 1e-4
 
 
 def test_kitti_padding_matches_manual_padding(small):
-    im1, im2 = _pair(h=66, w=70)
+    im1, im2 = _pair(h=130, w=134)
     kitti = backbones.build("raft_small", padding="kitti").eval()
     kitti.load_state_dict(small.state_dict())
     padder = backbones.InputPadder(im1.shape, mode="kitti")
     assert padder.pad == [1, 1, 0, 6]
+    assert kitti.padder((1, 3, 66, 70)).pad == [29, 29, 0, 62]   # small inputs: up to 128, same rule
     with torch.no_grad():
         out = kitti(im1, im2, iters=2)
         manual = small(*padder.pad_tensors(im1, im2), iters=2)
     assert torch.equal(out.flow, padder.unpad(manual.flow))
 
 
-def test_small_inputs_work_down_to_the_pyramid_minimum_and_fail_below(small):
-    """57 px pads to 64: the coarsest level has one pixel. The official code returns NaN under 128 px."""
-    assert small.min_input_size == 57
+def test_small_inputs_are_padded_to_128_and_empty_ones_fail(small):
+    """Under 128 px the official code returns NaN (one-row coarsest level): mlof pads to 128 and crops back."""
+    assert small.min_input_size == 1 and small.min_padded_size == 128
+    im1, im2 = _pair(h=57, w=100)
+    padder = small.padder(im1.shape)
+    assert padder.pad == [14, 14, 35, 36]
     for kind in ("dense", "ondemand"):
         small.corr = kind
         with torch.no_grad():
-            out = small(*_pair(h=57, w=100), iters=4)
-        assert torch.isfinite(out.flow).all()
+            out = small(im1, im2, iters=2)
+            manual = small(*padder.pad_tensors(im1, im2), iters=2)
+        assert out.flow.shape == (1, 2, 57, 100) and torch.isfinite(out.flow).all()
+        assert torch.equal(out.flow, padder.unpad(manual.flow))
     small.corr = "auto"
-    with pytest.raises(ValueError, match="too small"):
-        small(*_pair(h=56, w=100))
+    with pytest.raises(ValueError, match="0x100: too small"):
+        small(*_pair(h=0, w=100))
 
 
 def test_flows_filled_in_training_or_on_request(small):
@@ -260,7 +266,7 @@ def test_bad_inputs_raise_value_error(small, case, match):
     elif case == "dims":
         im1, im2 = im1[0], im2[0]
     elif case == "small":
-        im1, im2 = im1[..., :40, :], im2[..., :40, :]
+        im1, im2 = im1[..., :0, :], im2[..., :0, :]
     elif case == "iters":
         kwargs["iters"] = 0
     with pytest.raises(ValueError, match=match):

@@ -221,7 +221,7 @@ def test_bad_sequences_raise_value_error(frames, match, toy):
     ((torch.zeros(1, 4, 64, 64), torch.zeros(1, 4, 64, 64)), "3 colour channels"),
     ((torch.full((1, 3, 64, 64), float("nan")), torch.zeros(1, 3, 64, 64)), "NaN"),
     ((torch.zeros(1, 3, 64, 64, dtype=torch.int64), torch.zeros(1, 3, 64, 64, dtype=torch.int64)), "floating"),
-    ((torch.zeros(1, 3, 20, 64), torch.zeros(1, 3, 20, 64)), "too small"),
+    ((torch.zeros(1, 3, 0, 64), torch.zeros(1, 3, 0, 64)), "too small"),
 ])
 def test_bad_pairs_raise_value_error(bad, match, toy):
     model = toy

@@ -124,7 +124,8 @@ def test_adapt_scores_before_and_after(tmp_path, tree, pretrained, capsys):
     m = json.loads((tmp_path / "ad" / "metrics.json").read_text())
     assert m["pairs"] == 1 and m["scored_pairs"] == 1
     assert np.isfinite(m["epe_before"]) and np.isfinite(m["epe_after"])
-    flo = next((tmp_path / "ad" / "flows").glob("*.flo"))
+    flo = next((tmp_path / "ad" / "flows").rglob("*.flo"))
+    assert flo.stem.startswith("frame_") and flo.parent.name != "flows"   # <scene>/frame_NNNN.flo, as the input
     flow, _ = read_flow(flo)
     assert flow.shape == (72, 96, 2) and np.isfinite(flow).all()
 
@@ -142,12 +143,13 @@ def test_infer_on_image_files(tmp_path, tree, pretrained):
     outdir = tmp_path / "inf" / "flows"
     flow, _ = read_flow(outdir / "img0.flo")
     assert flow.shape == (72, 96, 2)
-    assert (outdir / "img0_color.png").is_file()
+    assert (tmp_path / "inf" / "images" / "img0_color.png").is_file()
+    assert (tmp_path / "inf" / "images" / "img0_panel.png").is_file()
 
 
 def test_evaluate_follows_the_protocol(tmp_path, tree, pretrained, capsys):
     rc = main(["evaluate", *QUIET, f"out_dir={tmp_path}", "name=ev", f"model.checkpoint={pretrained}", "iters=1",
-               "device=cpu", "max_samples=2", "images=1", *sintel_args(tree)])
+               "device=cpu", "max_samples=2", "tensorboard_images=1", *sintel_args(tree)])
     assert rc == 0
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert m["num_images"] == 2 and m["padding"] == "sintel" and m["iters"] == 1

@@ -43,7 +43,7 @@ def test_evaluation_logs(runs, tmp_path):
     out, tree = runs
     ckpt = out / "pt" / "checkpoints" / "latest.pt"
     assert main(["evaluate", "--quiet", f"out_dir={tmp_path}", "name=ev", f"model.checkpoint={ckpt}", "iters=1",
-                 "device=cpu", "max_samples=1", "images=1", *sintel_args(tree)]) == 0
+                 "device=cpu", "max_samples=1", "tensorboard_images=1", *sintel_args(tree)]) == 0
     ev = _events(tmp_path / "ev")
     assert "eval/panel" in ev.Tags()["images"]
     assert {"eval/epe", "eval/sample_epe"} <= set(ev.Tags()["scalars"])
@@ -56,4 +56,6 @@ def test_adaptation_logs(runs, tmp_path):
                  "device=cpu", "max_pairs=1", "options.steps=1", *sintel_args(tree)]) == 0
     ad = _events(tmp_path / "ad")
     assert {"adapt/before", "adapt/after"} <= set(ad.Tags()["images"])
-    assert {"adapt/epe_before", "adapt/epe_after", "adapt/pair0_total"} <= set(ad.Tags()["scalars"])
+    scalars = set(ad.Tags()["scalars"])
+    assert {"adapt/epe_before", "adapt/epe_after", "adapt/loss_first", "adapt/loss_last"} <= scalars
+    assert not any("pair0" in t for t in scalars)            # a few series indexed by the pair, not tags per pair

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from mlof.viz import KITTI_ERROR_COLORS, colorwheel, error_map, flow_panel, flow_to_rgb, to_tensorboard
+from mlof.viz import (KITTI_ERROR_COLORS, color_key, colorwheel, error_map, flow_panel, flow_to_rgb, series_plot,
+                      to_tensorboard)
 
 
 def test_colorwheel_is_the_standard_55_colours():
@@ -101,9 +102,19 @@ def test_panel_layout_and_labels():
     full = flow_panel(frames, flow, gt, labels=False, gap=2)
     assert full.shape == (2 * h + 2, 3 * w + 4, 3) and full.dtype == np.uint8
     assert (full[h + 2:, :w] == flow_to_rgb(flow, max_radius=float(gt.norm(dim=0).max()))).all()
-    assert (full[:h, 2 * w + 4:] == 0).all()            # empty third tile in the frame row
+    assert (full[:h, 2 * w + 4:] == color_key(h, w, labels=False)).all()   # the key, not an empty cell
     no_gt = flow_panel([f.permute(1, 2, 0).numpy() for f in frames], flow, labels=False)
     assert no_gt.shape == (2 * h + 2, 2 * w + 2, 3)
+    assert (no_gt[h + 2:, w + 2:] == color_key(h, w, labels=False)).all()
+    adapted = flow_panel(frames, flow, gt, before=flow * 0.5, labels=False)
+    assert adapted.shape == (2 * h + 2, 4 * w + 6, 3)   # frames, gt, key / before, after, two errors
+    assert (adapted[h + 2:, :w] == flow_to_rgb(flow * 0.5, max_radius=float(gt.norm(dim=0).max()))).all()
+    assert flow_panel(frames, flow, before=flow * 0.5).shape == (2 * h + 2, 3 * w + 4, 3)
+    for panel in (full, no_gt, adapted):                # no empty (all-black) cell
+        for r in range(2):
+            for c in range((panel.shape[1] + 2) // (w + 2)):
+                cell = panel[r * (h + 2):r * (h + 2) + h, c * (w + 2):c * (w + 2) + w]
+                assert cell.any(), (r, c)
     big = torch.rand(3, 2 * h, 2 * w) * 255             # frames of another size are resized
     assert flow_panel([big, big], flow, gt).shape == full.shape
     labelled = flow_panel(frames, flow, gt, labels=True)
@@ -118,3 +129,64 @@ def test_to_tensorboard():
     assert to_tensorboard(np.stack([img, img])).shape == (2, 3, 5, 6)
     with pytest.raises(ValueError):
         to_tensorboard(img.astype(np.float32))
+
+
+def _caption_columns(tile: np.ndarray) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(first, last) column of the white text and of its dark outline in a captioned grey tile."""
+    text = np.where((tile > 200).all(-1).any(0))[0]
+    dark = np.where((tile < 60).all(-1).any(0))[0]
+    return (int(text.min()), int(text.max())), (int(dark.min()), int(dark.max()))
+
+
+CAPTION_CHECK = """
+import sys, numpy as np, cv2
+from mlof.viz import _label
+for size in [(120, 400), (436, 1024), (60, 80)]:
+    tile = np.full(size + (3,), 128, np.uint8)
+    out = _label(tile, "prediction (EPE 12.34 px)")
+    text = np.where((out > 200).all(-1).any(0))[0]
+    dark = np.where((out < 60).all(-1).any(0))[0]
+    # the outline surrounds the text by about one pixel on both ends (a thicker outline stroke is wider in
+    # OpenCV 5 and would stick out on the right by 8-17 px)
+    assert abs(dark.min() - (text.min() - 1)) <= 2 and abs(dark.max() - (text.max() + 1)) <= 2, (size, text, dark)
+print(cv2.__version__)
+"""
+
+
+def test_caption_outline_has_the_text_width():
+    import cv2
+
+    from mlof.viz import _label
+    tile = np.full((120, 400, 3), 128, np.uint8)
+    (t0, t1), (d0, d1) = _caption_columns(_label(tile, "prediction (EPE 12.34 px)"))
+    assert abs(d0 - (t0 - 1)) <= 2 and abs(d1 - (t1 + 1)) <= 2, ((t0, t1), (d0, d1), cv2.__version__)
+    assert (tile == 128).all()                           # the input tile is not drawn on
+
+
+@pytest.mark.slow
+def test_caption_outline_on_another_opencv_major():
+    """MLOF_OTHER_OPENCV=<dir>: a `pip install --target` of another OpenCV major (e.g. 4.10 when 5 is
+    installed); the same check runs there in a subprocess."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    other = os.environ.get("MLOF_OTHER_OPENCV")
+    if not other:
+        pytest.skip("set MLOF_OTHER_OPENCV to a folder with another OpenCV major (pip install --target)")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([other, str(root)])}
+    out = subprocess.run([sys.executable, "-c", CAPTION_CHECK], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
+def test_series_plot():
+    img = series_plot({"before": [3.0, 2.5, None, 4.0], "after": [2.5, 2.0, 1.0, float("nan")]}, title="t")
+    assert img.shape == (420, 760, 3) and img.dtype == np.uint8
+    blue = (np.abs(img.astype(int) - [31, 119, 180]).sum(-1) < 10).sum()
+    orange = (np.abs(img.astype(int) - [255, 127, 14]).sum(-1) < 10).sum()
+    assert blue > 50 and orange > 50                       # both series drawn
+    assert series_plot({"x": []}).shape == (420, 760, 3)   # nothing to draw is still a picture
+    with pytest.raises(ValueError, match="series"):
+        series_plot({})

@@ -1,11 +1,12 @@
 """Turning what users pass as frames into batched image tensors and consecutive pairs."""
 from __future__ import annotations
 
-import warnings
 from typing import Any, Sequence
 
 import numpy as np
 import torch
+
+from backbones.base import warn_range
 
 __all__ = ["as_frame", "as_pairs"]
 
@@ -61,6 +62,5 @@ def as_pairs(frames: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
         if t.shape != tensors[0].shape:
             raise ValueError(f"frames[{i}] has shape {tuple(t.shape)}, frames[0] has {tuple(tensors[0].shape)}: "
                              f"all frames must have the same size")
-    if max(float(t.max()) for t in tensors) <= 1.0:
-        warnings.warn("frames look like 0..1 intensities; mlof networks expect 0..255", stacklevel=3)
+    warn_range(*tensors)   # 0..1 or 0..65535 instead of 0..255: once per process
     return [(tensors[i], tensors[i + 1]) for i in range(len(tensors) - 1)]

@@ -13,7 +13,8 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-__all__ = ["Guard", "START", "IMPROVED", "KEPT", "ROLLBACK_NONFINITE", "ROLLBACK_DIVERGED", "SKIP_GRADIENT"]
+__all__ = ["Guard", "NonFiniteError", "require_finite", "START", "IMPROVED", "KEPT", "ROLLBACK_NONFINITE",
+           "ROLLBACK_DIVERGED", "SKIP_GRADIENT"]
 
 START = "start"
 IMPROVED = "improved"
@@ -21,6 +22,23 @@ KEPT = "kept"                      # worse than the best so far, within the dive
 ROLLBACK_NONFINITE = "rollback:nonfinite-loss"
 ROLLBACK_DIVERGED = "rollback:diverged"
 SKIP_GRADIENT = "skip:nonfinite-gradient"
+
+
+class NonFiniteError(ValueError):
+    """A loss or flow became NaN/inf during training: the run diverged (e.g. a learning rate far too large)."""
+
+
+def require_finite(what: str, *tensors: Any, hint: str = "") -> None:
+    """Raise ``NonFiniteError`` naming ``what`` if any tensor holds NaN/inf.
+
+    Called before ``backward()``: autograd through NaN or huge values is pointless and can crash torch on CPU,
+    and an optimizer step from such gradients would write NaN weights into the next checkpoint.
+    """
+    import torch
+
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t.detach()).all()):
+            raise NonFiniteError(f"{what} is NaN or inf: the run diverged{'; ' + hint if hint else ''}")
 
 
 class Guard:

@@ -18,6 +18,7 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
+from mlof.meta.guard import require_finite
 from mlof.meta.maml import MAML, MetaSGD
 from mlof.meta.objective import UnsupervisedObjective
 from mlof.meta.params import ParamSpec
@@ -162,6 +163,7 @@ class MLOFTrainer:
             res = self.objective(learner.inner_forward, self.model, t["img1"], t["img2"],
                                  params=learner.adapted_parameters(), fixed=self.theta_fixed, **opts)
             inner.append(float(res.total.detach()))
+            require_finite(f"meta step {self.steps_done}: inner loss", res.total, hint="lower the inner lr")
             learner.adapt(res.total)
         return learner, inner
 
@@ -191,6 +193,8 @@ class MLOFTrainer:
                            **self.net_options)
             flows = out.flows if out.flows else [out.flow]
             loss, metrics = sequence_loss(flows, t["flow"], t["valid"], gamma=self.gamma, max_flow=self.max_flow)
+            require_finite(f"meta step {self.steps_done}: outer loss", loss, out.flow,
+                           hint="lower the inner / outer lr; the last checkpoint holds earlier weights")
             (loss / len(tasks)).backward()
             sums["loss"] += float(loss.detach()) / len(tasks)
             sums["epe"] += metrics["epe"] / len(tasks)

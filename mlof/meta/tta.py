@@ -76,6 +76,14 @@ class AdaptSettings:
     memory_budget: Any = "auto"           # bytes, "8GB", "auto" (a share of available memory) or None (no plan)
 
     def __post_init__(self) -> None:
+        # types first, so that e.g. lr="abc" (from a command line) is a ValueError naming the option
+        for name in ("lr", "weight_decay", "clip", "keep_close_weight", "guard_factor"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+        for name in ("guard", "bidirectional"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if not isinstance(self.steps, int) or self.steps < 0:
             raise ValueError(f"steps must be an int >= 0, got {self.steps!r}")
         if isinstance(self.optimizer, str) and self.optimizer not in OPTIMIZERS:

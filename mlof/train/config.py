@@ -75,6 +75,8 @@ class RunConfig:
     out_dir: str = "runs"
     seed: int = 0
     device: str = "auto"        # auto: cuda when available, else cpu
+    resume: bool = False        # continue the run in <out_dir>/<name>/ (also --resume)
+    overwrite: bool = False     # start <out_dir>/<name>/ over, deleting what it holds (also --overwrite)
 
 
 def _fmt_error(e: OmegaConfBaseException, source: str) -> str:

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["DistContext", "init_distributed", "shard_range", "sync_gradients", "broadcast_module",
+__all__ = ["DistContext", "init_distributed", "shard_range", "sync_gradients", "broadcast_module", "all_ranks_true",
            "reduce_metrics", "resolve_device", "shutdown", "barrier"]
 
 
@@ -102,6 +102,15 @@ def sync_gradients(params: Iterable[nn.Parameter], n_local: int, n_global: int, 
         k = p.numel()
         p.grad = flat[offset:offset + k].view_as(p).clone()
         offset += k
+
+
+def all_ranks_true(flag: bool, ctx: DistContext) -> bool:
+    """``flag`` and-ed over every process (itself when not distributed): a decision all ranks share."""
+    if not ctx.distributed:
+        return bool(flag)
+    t = torch.tensor([1.0 if flag else 0.0], device=ctx.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item() > 0.5)
 
 
 def broadcast_module(module: nn.Module, ctx: DistContext) -> None:

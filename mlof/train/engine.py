@@ -64,7 +64,7 @@ class TrainingJob(Protocol):
 
 def _save(run: RunDir, job: TrainingJob, step: int, recipe: dict, metrics: dict, path) -> None:
     save_checkpoint(path, job.model, step=step, rng=capture_rng(), recipe=recipe, metrics=metrics,
-                    **job.state_dict())
+                    image_range=[0, 255], **job.state_dict())
 
 
 def _resume(run: RunDir, job: TrainingJob, recipe: dict) -> tuple[int, dict[str, float]]:
@@ -92,15 +92,14 @@ def fit(job: TrainingJob, run: RunDir, recipe: dict[str, Any], seed: int, log: L
     if resume:
         start, last = _resume(run, job, recipe)
     else:
-        if run.latest.is_file() and not overwrite:
+        # RunDir refused a folder holding a run unless overwrite (it empties the folder when it opens)
+        if run.latest.is_file() and not (overwrite or run.overwrite):
             raise ResumeError(f"{run.path} already holds a run; continue it with --resume, start it over with "
-                              f"--overwrite, or pick another name=...")
-        if overwrite and ctx.is_main and run.checkpoints.is_dir():
-            for old in run.checkpoints.glob("*.pt"):   # starting over: no stale step_*.pt of the old run
-                old.unlink()
+                              f"overwrite=true (or --overwrite), or pick another name=...")
         start = 0
     barrier(ctx)   # every rank has checked the folder before rank 0 writes into it
     run.save_config(recipe)
+    run.open()     # the configuration is valid and the job built: claim the folder (lock) before the work
     total = job.total_steps
     if start == 0 and ctx.is_main:
         _save(run, job, 0, recipe, {}, run.latest)  # from now on a loadable latest.pt always exists

@@ -2,30 +2,38 @@
 
 ``adapt`` runs MLOF's meta-inference: every pair is adapted independently from the loaded weights
 (``mlof.adapt``, the release's 3 AdamW steps of the unsupervised loss), or, with ``online=true``, the
-weights are carried along the sequence (``mlof.adapt(..., mode="online")``, G's ``OnlineAdapter``). Pairs with ground truth are scored before
-and after adaptation. ``infer`` only predicts. Both write ``flows/<stem>.flo`` (or .png / .pfm) and colour
-images ``flows/<stem>_color.png`` into the run folder, and panels to TensorBoard.
+weights are carried along the sequence (``OnlineAdapter``). Pairs with ground truth are scored before and after
+adaptation, at the same iterations and padding. ``infer`` only predicts. Both stream their outputs: each pair's
+flow file (named after its first frame, ``flows/frame_0001.flo``; KITTI ``flows/000000_10.png``), colour
+image, panel and record are written as soon as the pair is done (see ``mlof.train.outputs``), and ``--resume``
+continues an interrupted run without redoing finished pairs.
+
+Iterations and padding default to the dataset's evaluation protocol (``mlof.evaluate.protocol_for``: 32 /
+sintel for Sintel, 24 / kitti for KITTI) when the input is a dataset, so ``adapt``, ``infer`` and ``evaluate``
+report the same "before" numbers for the same pair; for frames, folders and videos they are 12 / sintel.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from mlof.train.config import ConfigError, DataConfig, ModelConfig, RunConfig
 from mlof.train.distributed import resolve_device
+from mlof.train.outputs import (PairStore, ResizePlan, finite_or_none, flow_format_for, mean_of, output_stem,
+                                pair_seed, prepare_run_folder)
 from mlof.train.rundir import RunDir
 from mlof.train.seeding import seed_everything
-from mlof.train.setup import build_model
-from mlof.train.sources import open_pairs, pairs_to_frames
+from mlof.train.setup import build_model, check_adapt_options
+from mlof.train.sources import open_pairs
 
-__all__ = ["AdaptConfig", "InferConfig", "run_adapt", "run_infer"]
+__all__ = ["AdaptConfig", "InferConfig", "run_adapt", "run_infer", "DEFAULT_ITERS"]
+
+DEFAULT_ITERS = 12   # frames, folders and videos (datasets: their evaluation protocol's iterations)
 
 
 @dataclass
@@ -39,10 +47,16 @@ class AdaptConfig(RunConfig):
     max_pairs: int = 0                  # 0: all
     pairs: Optional[List[int]] = None   # only these pair indices (e.g. [1]: the clip's annotated pair)
     online: bool = False                # carry the weights along the sequence (OnlineAdapter)
-    iters: int = 12
+    iters: Optional[int] = None         # None: the dataset's protocol (Sintel 32, KITTI 24), 12 for frames
+    padding: Optional[str] = None       # sintel | kitti; None: the dataset's protocol, sintel for frames
+    resize: Any = None                  # scale factor (0.5) or [H, W] for the network; outputs at full size
+    max_side: int = 0                   # cap the longer input side (0: off)
     options: Dict[str, Any] = field(default_factory=dict)   # keywords of mlof.adapt / OnlineAdapter
     save_flows: bool = True
-    flow_format: str = "flo"            # flo | png (KITTI 16-bit) | pfm
+    flow_format: str = "auto"           # auto (png for KITTI, else flo) | flo | png (KITTI 16-bit) | pfm
+    images: bool = True                 # images/<stem>_panel.png and colour flows
+    tensorboard_images: int = 4         # panels of the first pairs logged to TensorBoard
+    overwrite: bool = False             # start an existing run folder over (--overwrite)
 
 
 @dataclass
@@ -55,57 +69,15 @@ class InferConfig(RunConfig):
     data: Optional[DataConfig] = None
     max_pairs: int = 0
     pairs: Optional[List[int]] = None
-    iters: int = 12
-    padding: str = "sintel"             # sintel | kitti (RAFT padding modes)
+    iters: Optional[int] = None         # None: the dataset's protocol, 12 for frames
+    padding: Optional[str] = None       # sintel | kitti (RAFT padding modes); None as iters
+    resize: Any = None
+    max_side: int = 0
     warm_start: bool = False            # initialise each pair with the previous coarse flow
     save_flows: bool = True
-    flow_format: str = "flo"
-    color: bool = True                  # also write colour-coded PNGs
-
-
-def _stem(sample: dict[str, Any], i: int) -> str:
-    meta = sample.get("meta") or {}
-    if meta.get("name"):
-        return str(meta["name"])
-    scene = str(meta.get("scene") or "").replace("/", "_")
-    frame = meta.get("frame", i)
-    return f"{scene + '_' if scene else ''}{int(frame):06d}" if isinstance(frame, (int, np.integer)) else f"{i:06d}"
-
-
-def _write_flow(run: RunDir, stem: str, flow: torch.Tensor, fmt: str, color: bool) -> None:
-    """flow: 2 x H x W."""
-    if not run.is_main:
-        return
-    from mlof.io import write_flow, write_image
-    from mlof.viz import flow_to_rgb
-
-    if fmt not in ("flo", "png", "pfm"):
-        raise ConfigError(f"flow_format: {fmt!r} is not one of flo, png, pfm")
-    out = run.path / "flows"
-    out.mkdir(parents=True, exist_ok=True)
-    f = flow.detach().cpu().permute(1, 2, 0).numpy().astype(np.float32)
-    write_flow(out / f"{stem}.{fmt}", f, clip=True) if fmt == "png" else write_flow(out / f"{stem}.{fmt}", f)
-    if color:
-        write_image(out / f"{stem}_color.png", flow_to_rgb(f))
-
-
-def _setup(cfg: DictConfig) -> tuple[Any, torch.device, RunDir, Sequence[dict[str, Any]], str]:
-    obj = OmegaConf.to_object(cfg)
-    device = resolve_device(obj.device)
-    seed_everything(obj.seed)
-    pairs, what = open_pairs(obj.input, obj.data)
-    if len(pairs) == 0:
-        raise ValueError(f"input: {what} has no frame pairs")
-    if obj.pairs:
-        bad = [i for i in obj.pairs if not 0 <= int(i) < len(pairs)]
-        if bad:
-            raise ConfigError(f"pairs: {bad} out of range for the {len(pairs)} pairs of {what}")
-        pairs = _Pick(pairs, [int(i) for i in obj.pairs])
-    if obj.max_pairs:
-        pairs = _Pick(pairs, list(range(min(obj.max_pairs, len(pairs)))))
-    run = RunDir(obj.out_dir, obj.name)
-    run.save_config(cfg)
-    return obj, device, run, pairs, what
+    flow_format: str = "auto"
+    images: bool = True                 # images/<stem>_panel.png and <stem>_color.png
+    overwrite: bool = False
 
 
 class _Pick:
@@ -121,105 +93,229 @@ class _Pick:
         return self.pairs[self.index[i]]
 
 
+@dataclass
+class _Run:
+    obj: Any
+    device: torch.device
+    run: RunDir
+    pairs: Sequence[dict[str, Any]]
+    what: str
+    store: PairStore
+    plan: ResizePlan
+    iters: int
+    padding: str
+    model: torch.nn.Module
+
+
+def _setup(cfg: DictConfig, resume: bool, overwrite: bool) -> _Run:
+    from mlof.evaluate import protocol_for
+
+    obj = OmegaConf.to_object(cfg)
+    dataset = obj.data.name if obj.data is not None else None
+    fmt = flow_format_for(obj.flow_format, dataset)
+    plan = ResizePlan(obj.resize, obj.max_side)
+    proto = protocol_for(dataset) if dataset else None
+    iters = obj.iters if obj.iters is not None else (proto.iters if proto else DEFAULT_ITERS)
+    padding = obj.padding if obj.padding is not None else (proto.padding if proto else "sintel")
+    if padding not in ("sintel", "kitti"):
+        raise ConfigError(f"padding: {padding!r} is not one of sintel, kitti")
+    if not isinstance(iters, int) or iters < 1:
+        raise ConfigError(f"iters: must be an integer >= 1, got {iters!r}")
+    device = resolve_device(obj.device)
+    seed_everything(obj.seed)
+    pairs, what = open_pairs(obj.input, obj.data)
+    if len(pairs) == 0:
+        raise ValueError(f"input: {what} has no frame pairs")
+    if obj.pairs:
+        bad = [i for i in obj.pairs if not 0 <= int(i) < len(pairs)]
+        if bad:
+            raise ConfigError(f"pairs: {bad} out of range for the {len(pairs)} pairs of {what}")
+        pairs = _Pick(pairs, [int(i) for i in obj.pairs])
+    if obj.max_pairs:
+        pairs = _Pick(pairs, list(range(min(obj.max_pairs, len(pairs)))))
+    if getattr(obj, "online", False) and obj.data is not None:
+        raise ConfigError("online: adapting along a sequence needs consecutive frames (input=folder/video/"
+                          "clip), not a dataset of independent pairs")
+    if "iters" in getattr(obj, "options", {}) and obj.options["iters"] != iters:
+        raise ConfigError(f"options.iters ({obj.options['iters']}) differs from iters ({iters}): before and after "
+                          f"are scored at one setting; set iters= instead")
+    if getattr(obj, "options", None) is not None:   # adapt: its options are checked before anything is written
+        check_adapt_options(obj.options, online=bool(getattr(obj, "online", False)))
+    model = build_model(obj.model, device).eval()
+    # nothing is written before the configuration, the input and the weights have been checked
+    overwrite = overwrite or obj.overwrite
+    prepare_run_folder(cfg, obj.out_dir, obj.name, resume=resume, overwrite=overwrite)
+    # RunDir: the lock (a second process on this folder is refused) and, with overwrite, an empty folder
+    run = RunDir(obj.out_dir, obj.name, resume=resume, overwrite=overwrite)
+    run.save_config(cfg)
+    run.open()   # everything is checked: claim the folder (lock) and write config.yaml now
+    store = PairStore(run, fmt, images=obj.images, save_flows=obj.save_flows)
+    return _Run(obj, device, run, pairs, what, store, plan, iters, padding, model)
+
+
 def _epe(flow: torch.Tensor, sample: dict[str, Any]) -> float | None:
     if "flow" not in sample:
         return None
     from mlof.metrics import epe
 
-    return float(epe(flow.detach().cpu(), sample["flow"], sample.get("valid")))
+    return finite_or_none(epe(flow.detach().cpu(), sample["flow"], sample.get("valid")))
 
 
-def _mean(xs: list[float]) -> float | None:
-    xs = [x for x in xs if x is not None and math.isfinite(x)]
-    return float(np.mean(xs)) if xs else None
+def _todo(store: PairStore, n: int, resume: bool) -> list[int]:
+    return [k for k in range(n) if not resume or store.done(k) is None]
 
 
-def run_adapt(cfg: DictConfig, progress: bool = True) -> dict[str, Any]:
-    """Meta-inference over the input; returns (and writes to ``metrics.json``) per-pair and mean EPEs."""
-    import mlof
+def _adapt_scalars(rec: dict[str, Any]) -> dict[str, float]:
+    keys = ("epe_before", "epe_after", "loss_first", "loss_last", "steps")
+    return {k: rec[k] for k in keys if rec.get(k) is not None}
+
+
+def _write_adapted(r: _Run, k: int, sample: dict[str, Any], before: torch.Tensor, after: torch.Tensor,
+                   history: list[dict], extra: dict[str, Any] | None = None) -> None:
+    """Files, TensorBoard and the record of adapted pair ``k`` (flows 2 x H x W at full resolution)."""
     from mlof.train.pretrain import panel
 
-    obj, device, run, pairs, what = _setup(cfg)
-    n = len(pairs)
-    options = {"iters": obj.iters, **dict(obj.options)}
-    model = build_model(obj.model, device).eval()
+    stem = output_stem(sample, k)
+    totals = [h.get("total") for h in history if h.get("total") is not None]
+    rec = {"pair": int((sample.get("meta") or {}).get("index", k)), "position": k, "stem": stem,
+           "epe_before": _epe(before, sample), "epe_after": _epe(after, sample),
+           "loss_first": finite_or_none(totals[0]) if totals else None,
+           "loss_last": finite_or_none(totals[-1]) if totals else None,
+           "steps": max([int(h.get("step", 0)) for h in history], default=0),   # steps taken
+           "guard": [str(h["guard"]) for h in history if "guard" in h], **(extra or {})}
+    r.store.write_flow(stem, after)
+    r.store.write_flow(stem, before, folder="flows_before", color_suffix="_before")
+    r.store.write_panel(stem, sample, after, before)
+    # a few series indexed by the pair (step = position in the run), not new tags per pair
+    r.run.log_scalars(k, _adapt_scalars(rec), prefix="adapt/")
+    if k < r.obj.tensorboard_images:
+        batch = {key: (v[None] if isinstance(v, torch.Tensor) else v) for key, v in sample.items()}
+        r.run.log_image(k, "adapt/before", panel(batch, before[None]))
+        r.run.log_image(k, "adapt/after", panel(batch, after[None]))
+    r.store.finish(k, rec)
+
+
+def _adapt_options(r: _Run) -> dict[str, Any]:
+    """``options`` without ``iters`` (checked against ``iters`` in ``_setup``; passed separately)."""
+    return {k: v for k, v in dict(r.obj.options).items() if k != "iters"}
+
+
+def run_adapt(cfg: DictConfig, progress: bool = True, resume: bool = False, overwrite: bool = False
+              ) -> dict[str, Any]:
+    """Meta-inference over the input, streaming every pair's outputs; returns (and writes to
+    ``metrics.json``) the per-pair and mean EPEs before and after adaptation."""
+    from mlof.evaluate import adapt_predict
+
+    r = _setup(cfg, resume, overwrite)
+    n = len(r.pairs)
+    options = _adapt_options(r)
+    model = r.model
     t0 = time.perf_counter()
-    if obj.online:
-        if obj.data is not None:
-            raise ConfigError("online: adapting along a sequence needs consecutive frames (input=folder/video/"
-                              "clip), not a dataset of independent pairs")
-        res = mlof.adapt(model, pairs_to_frames(pairs, n), mode="online", **options)
-        results = [(res.flows_before[i][0], res.flows[i][0], [h for h in res.history if h.get("pair") == i])
-                   for i in range(n)]
+    if r.obj.online:
+        _adapt_online(r, model, options, resume, progress)
     else:
-        results = []
-        for i in tqdm(range(n), desc="adapt (per pair)", disable=not progress):
-            res = mlof.adapt(model, (pairs[i]["img1"], pairs[i]["img2"]), **options)
-            results.append((res.flows_before[0][0], res.flows[0][0], list(res.history)))
-    records: list[dict[str, Any]] = []
-    for i, (before, after, history) in enumerate(results):
-        sample = pairs[i]
-        rec = {"pair": i, "stem": _stem(sample, i), "epe_before": _epe(before, sample),
-               "epe_after": _epe(after, sample), "loss_first": _scalar(history[0].get("total")) if history else None,
-               "loss_last": _scalar(history[-1].get("total")) if history else None,
-               "guard": [str(h["guard"]) for h in history if "guard" in h]}
-        records.append(rec)
-        if obj.save_flows:
-            _write_flow(run, rec["stem"], after, obj.flow_format, True)
-        run.log_scalars(i, {k: v for k, v in rec.items() if k.startswith(("epe", "loss")) and v is not None},
-                        prefix="adapt/")
-        for j, h in enumerate(history):
-            run.log_scalars(j, {k: v for k, v in h.items() if isinstance(v, float)}, prefix=f"adapt/pair{i}_")
-        if i < 4:
-            batch = {k: (v[None] if isinstance(v, torch.Tensor) else v) for k, v in sample.items()}
-            run.log_image(i, "adapt/before", panel(batch, before[None]))
-            run.log_image(i, "adapt/after", panel(batch, after[None]))
-    summary = {"input": what, "pairs": n, "mode": "online" if obj.online else "per-pair",
-               "epe_before": _mean([r["epe_before"] for r in records]),
-               "epe_after": _mean([r["epe_after"] for r in records]),
-               "scored_pairs": sum(r["epe_before"] is not None for r in records),
-               "seconds": time.perf_counter() - t0, "per_pair": records, "run_dir": str(run.path),
-               "checkpoint": obj.model.checkpoint, "options": options}
-    run.write_metrics(summary)
-    run.close()
+        todo = _todo(r.store, n, resume)
+        for k in tqdm(todo, desc="adapt (per pair)", disable=not progress, total=n, initial=n - len(todo)):
+            sample = r.pairs[k]
+            seed_everything(pair_seed(r.obj.seed, k))
+            img1, img2 = (sample[key][None].to(r.device) for key in ("img1", "img2"))
+            size = tuple(img1.shape[-2:])
+            s1, s2 = r.plan.images(img1, img2)
+            before, after, history = adapt_predict(model, s1, s2, iters=r.iters, padding=r.padding, **options)
+            before, after = r.plan.flow_back(before, size)[0], r.plan.flow_back(after, size)[0]
+            _write_adapted(r, k, sample, before, after, history)
+    records = list(r.store.records(n))   # small dicts (no flows)
+    summary = {"input": r.what, "pairs": n, "mode": "online" if r.obj.online else "per-pair",
+               "iters": r.iters, "padding": r.padding, "resize": r.plan.resize, "max_side": r.plan.max_side,
+               "epe_before": mean_of([x["epe_before"] for x in records]),
+               "epe_after": mean_of([x["epe_after"] for x in records]),
+               "scored_pairs": sum(x["epe_before"] is not None for x in records),
+               "seconds": time.perf_counter() - t0, "per_pair": records, "run_dir": str(r.run.path),
+               "checkpoint": r.obj.model.checkpoint, "options": {"iters": r.iters, **options}}
+    r.run.write_metrics(summary)
+    r.run.close()
     return summary
 
 
-def _scalar(x: Any) -> float | None:
-    if x is None:
-        return None
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return None
+def _adapt_online(r: _Run, model: torch.nn.Module, options: dict[str, Any], resume: bool, progress: bool) -> None:
+    """Online adaptation along the input's frames, one pair at a time. After every pair the carried weights
+    go to ``state/online.pt`` (written after the pair's record), so ``--resume`` continues from the last
+    finished pair with the same weights; the adapter's per-pair lists are emptied (bounded memory)."""
+    from backbones.base import InputPadder
+    from mlof.api import OnlineAdapter
+    from mlof.meta.tta import restore, snapshot
+
+    n = len(r.pairs)
+    adapter = OnlineAdapter(model, device=r.device, iters=r.iters, **options)
+    size = tuple(r.pairs[0]["img1"].shape[-2:])
+    padder = InputPadder((1, 3, *r.plan.size_for(*size)), mode=r.padding)
+
+    def prepare(frame: torch.Tensor) -> torch.Tensor:
+        return padder.pad_tensors(r.plan.images(frame[None].to(r.device))[0])[0]
+
+    start = 0
+    state = r.store.read_online_state() if resume else None
+    if state is not None:
+        start = int(state["done"])
+        restore(adapter.model, {k[len("w:"):]: v.to(r.device) for k, v in state.items() if k.startswith("w:")})
+        adapter._pair, adapter._since_reset = start, int(state["since_reset"])
+        adapter.last_steps = int(state["last_steps"])
+    # the first frame gives no flow: it becomes the adapter's "previous" frame (on resume: the last finished
+    # pair's second frame)
+    adapter.step(prepare(r.pairs[start - 1]["img2"] if start > 0 else r.pairs[0]["img1"]))
+    for k in tqdm(range(start, n), desc="adapt (online)", disable=not progress, total=n, initial=start):
+        sample = r.pairs[k]
+        seed_everything(pair_seed(r.obj.seed, k))
+        after = adapter.step(prepare(sample["img2"]))
+        before = adapter.flows_before[-1]
+        history = [h for h in adapter.history if h.get("pair") == k]
+        resets = [reason for pair, reason in adapter.resets if pair == k]
+        after, before = (r.plan.flow_back(padder.unpad(f), size)[0] for f in (after, before))
+        _write_adapted(r, k, sample, before, after, history, {"resets": resets})
+        adapter.history.clear()
+        adapter.flows_before.clear()
+        adapter.resets.clear()
+        weights = {f"w:{key}": v.detach().cpu() for key, v in snapshot(adapter.model, adapter.names).items()}
+        r.store.write_online_state({**weights, "done": k + 1, "since_reset": adapter._since_reset,
+                                    "last_steps": adapter.last_steps})
 
 
-def run_infer(cfg: DictConfig, progress: bool = True) -> dict[str, Any]:
-    """Predict every pair of the input and write flow files and colour images."""
+def run_infer(cfg: DictConfig, progress: bool = True, resume: bool = False, overwrite: bool = False
+              ) -> dict[str, Any]:
+    """Predict every pair of the input, streaming flow files, colour images, panels and per-pair records."""
     from mlof.evaluate import forward_interpolate, predict, same_sequence
 
-    obj, device, run, pairs, what = _setup(cfg)
-    if obj.padding not in ("sintel", "kitti"):
-        raise ConfigError(f"padding: {obj.padding!r} is not one of sintel, kitti")
-    model = build_model(obj.model, device).eval()
-    n = len(pairs)
+    r = _setup(cfg, resume, overwrite)
+    if resume and r.obj.warm_start:
+        raise ConfigError("warm_start=true runs cannot be resumed (each pair starts from the previous one's flow)")
+    model = r.model
+    n = len(r.pairs)
     t0 = time.perf_counter()
     low, prev_meta = None, None
-    epes = []
-    for i in tqdm(range(n), desc="infer", disable=not progress):
-        sample = pairs[i]
-        img1, img2 = sample["img1"][None].to(device), sample["img2"][None].to(device)
+    todo = _todo(r.store, n, resume)
+    for k in tqdm(todo, desc="infer", disable=not progress, total=n, initial=n - len(todo)):
+        sample = r.pairs[k]
+        img1, img2 = sample["img1"][None].to(r.device), sample["img2"][None].to(r.device)
+        size = tuple(img1.shape[-2:])
+        s1, s2 = r.plan.images(img1, img2)
         meta = sample.get("meta") or {}
-        warm = obj.warm_start and low is not None and same_sequence(prev_meta, meta)
+        warm = r.obj.warm_start and low is not None and same_sequence(prev_meta, meta)
         init = forward_interpolate(low[0])[None] if warm else None
-        out = predict(model, img1, img2, iters=obj.iters, padding=obj.padding, flow_init=init)
+        out = predict(model, s1, s2, iters=r.iters, padding=r.padding, flow_init=init)
         low, prev_meta = out.flow_low, meta
-        epes.append(_epe(out.flow[0], sample))
-        if obj.save_flows:
-            _write_flow(run, _stem(sample, i), out.flow[0], obj.flow_format, obj.color)
-    summary = {"input": what, "pairs": n, "epe": _mean(epes), "seconds": time.perf_counter() - t0,
-               "seconds_per_pair": (time.perf_counter() - t0) / max(1, n), "run_dir": str(run.path),
-               "flows": str(run.path / "flows")}
-    run.write_metrics(summary)
-    run.close()
+        flow = r.plan.flow_back(out.flow, size)[0]
+        stem = output_stem(sample, k)
+        r.store.write_flow(stem, flow)
+        r.store.write_panel(stem, sample, flow)
+        r.store.finish(k, {"pair": int(meta.get("index", k)), "position": k, "stem": stem,
+                           "epe": _epe(flow, sample)})
+    records = list(r.store.records(n))
+    seconds = time.perf_counter() - t0
+    summary = {"input": r.what, "pairs": n, "iters": r.iters, "padding": r.padding, "resize": r.plan.resize,
+               "max_side": r.plan.max_side, "epe": mean_of([x["epe"] for x in records]),
+               "scored_pairs": sum(x["epe"] is not None for x in records), "seconds": seconds,
+               "seconds_per_pair": seconds / max(1, len(todo)), "run_dir": str(r.run.path),
+               "flows": str(r.run.path / "flows"), "per_pair": records}
+    r.run.write_metrics(summary)
+    r.run.close()
     return summary

@@ -13,8 +13,9 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from mlof.meta.guard import NonFiniteError
 from mlof.train.config import ConfigError, DataConfig, LogConfig, ModelConfig, RunConfig
-from mlof.train.distributed import DistContext, reduce_metrics, sync_gradients
+from mlof.train.distributed import DistContext, all_ranks_true, reduce_metrics, sync_gradients
 from mlof.train.engine import StepOutput
 from mlof.train.sampling import StepPlan, step_loader
 from mlof.train.setup import PYRAMID_NETWORKS, build_data, build_model, collate
@@ -113,7 +114,7 @@ class PretrainJob:
         if cfg.batch_size < ctx.world_size:
             raise ConfigError(f"batch_size {cfg.batch_size} is smaller than the {ctx.world_size} processes")
         self.cfg, self.ctx = cfg, ctx
-        self.model = build_model(cfg.model, ctx.device)
+        self.model = build_model(cfg.model, ctx.device, warn_random=False)   # training from scratch is normal
         name = self.model.mlof_spec["name"]
         kind = cfg.loss if cfg.loss != "auto" else ("multilevel" if name in PYRAMID_NETWORKS else "sequence")
         if kind not in ("sequence", "multilevel"):
@@ -154,6 +155,12 @@ class PretrainJob:
             freeze_batchnorm(self.model)
         out = self.model(img1, img2, iters=self.cfg.iters, return_all=True)
         loss = self._loss(out, gt, valid)
+        # before backward (NaN autograd can crash torch on CPU); collective, so no rank waits for a dead one
+        finite = bool(torch.isfinite(loss.detach())) and bool(torch.isfinite(out.flow.detach()).all())
+        if not all_ranks_true(finite, self.ctx):
+            raise NonFiniteError(f"step {step}: loss or flow is NaN or inf: the training diverged; lower "
+                                 f"optim.lr (now {self.cfg.optim.lr:g}); checkpoints/latest.pt holds the last "
+                                 f"finite weights")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         n_local, n_global = img1.shape[0], self.cfg.batch_size

@@ -26,9 +26,14 @@ def run_training(make_job: Callable[[Any, DistContext], TrainingJob], cfg: DictC
     obj = OmegaConf.to_object(cfg)
     job = make_job(obj, ctx)
     broadcast_module(job.model, ctx)
-    run = RunDir(cfg.out_dir, cfg.name, is_main=ctx.is_main, tensorboard=cfg.log.tensorboard)
+    resume = bool(resume or cfg.get("resume", False))
+    overwrite = bool(overwrite or cfg.get("overwrite", False))
+    run = RunDir(cfg.out_dir, cfg.name, is_main=ctx.is_main, tensorboard=cfg.log.tensorboard, resume=resume,
+                 overwrite=overwrite)
+    # resume / overwrite are about the folder, not the training: kept out of the recipe that resume compares
+    recipe = {k: v for k, v in to_dict(cfg).items() if k not in ("resume", "overwrite")}
     try:
-        summary = fit(job, run, to_dict(cfg), cfg.seed, obj.log, ctx, resume=resume, overwrite=overwrite,
+        summary = fit(job, run, recipe, cfg.seed, obj.log, ctx, resume=resume, overwrite=overwrite,
                       progress=progress)
     finally:
         run.close()

@@ -8,17 +8,23 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from mlof.checkpoint import CheckpointError, is_mlof_checkpoint
+from backbones.base import warn_once
+from mlof.checkpoint import CheckpointError, is_mlof_checkpoint, validate_checkpoint
 from mlof.train.config import ConfigError, DataConfig, ModelConfig
 
-__all__ = ["build_model", "build_data", "PYRAMID_NETWORKS", "collate", "SplitView", "subset_indices"]
+__all__ = ["build_model", "build_data", "check_adapt_options", "PYRAMID_NETWORKS", "collate", "SplitView", "subset_indices"]
 
 # Networks whose training loss is a weighted sum over pyramid levels rather than RAFT's sequence loss.
 PYRAMID_NETWORKS = frozenset({"liteflownet2", "upflow"})
 
 
-def build_model(cfg: ModelConfig | Any, device: torch.device | str = "cpu") -> nn.Module:
+def build_model(cfg: ModelConfig | Any, device: torch.device | str = "cpu",
+                warn_random: bool = True) -> nn.Module:
     """The network of ``cfg`` (name, options, starting weights), on ``device``, in train mode.
+
+    Without a checkpoint the weights are random: a warning (once per process) says so unless
+    ``warn_random=False`` (supervised pretraining from scratch). A checkpoint that is not a torch file,
+    pickles code, has NaN weights, wrong shapes or insane metadata raises ``CheckpointError``.
 
     An mlof checkpoint names its own backbone and options (``cfg.options`` override them, e.g. a
     correlation backend); an official release file needs ``cfg.name``. ``checkpoint: default`` is the
@@ -44,25 +50,47 @@ def build_model(cfg: ModelConfig | Any, device: torch.device | str = "cpu") -> n
         if not path.is_file():
             raise ConfigError(f"model.checkpoint: {path} does not exist")
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise CheckpointError(f"model.checkpoint: {path} cannot be read as a torch checkpoint ({e})") from e
-        if is_mlof_checkpoint(obj):
-            name = obj["backbone"]["name"]
-            if cfg.name is not None and cfg.name != name:
-                raise ConfigError(f"model.name is {cfg.name!r} but {path} holds a {name!r} network")
-            model = backbones.build(name, checkpoint=obj, **{**obj["backbone"].get("options", {}), **options})
-        else:
-            if cfg.name is None:
-                raise ConfigError(f"model.checkpoint {path} is not an mlof checkpoint: set model.name to the "
-                                  f"network it holds (one of {', '.join(backbones.available())})")
-            model = backbones.build(cfg.name, checkpoint=obj, **options)
+            obj = backbones.read_checkpoint_file(path)
+        except ValueError as e:
+            raise CheckpointError(f"model.checkpoint: {e}") from e
+        try:
+            if is_mlof_checkpoint(obj):
+                validate_checkpoint(obj, path)
+                name = obj["backbone"]["name"]
+                if cfg.name is not None and cfg.name != name:
+                    raise ConfigError(f"model.name is {cfg.name!r} but {path} holds a {name!r} network")
+                saved = dict(obj["backbone"].get("options") or {})
+                _warn_changed_options(path, saved, options, obj.get("image_range"))
+                model = backbones.build(name, checkpoint=obj, **{**saved, **options})
+            else:
+                if cfg.name is None:
+                    raise ConfigError(f"model.checkpoint {path} is not an mlof checkpoint: set model.name to the "
+                                      f"network it holds (one of {', '.join(backbones.available())})")
+                model = backbones.build(cfg.name, checkpoint=obj, **options)
+        except CheckpointError:
+            raise
+        except ValueError as e:   # mis-shaped / missing keys, NaN weights: name the file, not "state dict"
+            raise CheckpointError(f"model.checkpoint: {str(e).replace('state dict', str(path), 1)}") from e
     else:
         if cfg.name is None:
             raise ConfigError(f"model.name: say which network to build (one of {', '.join(backbones.available())}) "
                               f"or give an mlof model.checkpoint")
         model = backbones.build(cfg.name, **options)
+        if warn_random:
+            warn_once("random-weights", f"model.checkpoint is null: {cfg.name} runs with RANDOM weights, so its "
+                                        f"flow is meaningless; give model.checkpoint=default (the shipped "
+                                        f"checkpoint) or a trained file")
     return model.to(device).train()
+
+
+def _warn_changed_options(path: Path, saved: dict[str, Any], options: dict[str, Any], image_range: Any) -> None:
+    """Warn (once) when a run overrides how the checkpoint's network was trained to see its input."""
+    for key in ("padding", "dataset"):   # RAFT-family padding mode, KPA-Flow's patch setting
+        if key in options and key in saved and options[key] != saved[key]:
+            warn_once(f"ckpt-{key}", f"{path} was trained with {key}={saved[key]!r}, this run uses "
+                                     f"model.options.{key}={options[key]!r}")
+    if isinstance(image_range, (list, tuple)) and [float(v) for v in image_range] != [0.0, 255.0]:
+        warn_once("ckpt-range", f"{path} was trained on images in {list(image_range)}, mlof feeds 0..255")
 
 
 def _official_entry(ckpt: str | None, name: str | None) -> Any:
@@ -81,6 +109,29 @@ def _official_entry(ckpt: str | None, name: str | None) -> Any:
         return resolve_name(name, ckpt) if name is not None else WEIGHTS.get(ckpt)
     except UnknownWeightsError:
         return None
+
+
+def check_adapt_options(options: dict[str, Any], key: str = "options", online: bool = False) -> None:
+    """Validate keyword options of ``mlof.adapt`` (types, ranges, choices) before a run writes anything.
+
+    Raises ``ConfigError`` naming ``key`` and the option (``options: lr must be a number, got 'abc'``).
+    Besides the settings of ``AdaptSettings`` these are ``mlof.adapt``'s own keywords ``mode``, ``device``,
+    ``reset_every`` and ``reset_margin`` (``online`` is kept for callers; the same checks apply).
+    """
+    from mlof.meta.tta import AdaptSettings
+
+    options = dict(options or {})
+    every, margin = options.pop("reset_every", None), options.pop("reset_margin", 0.0)
+    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+        raise ConfigError(f"{key}: reset_every must be a positive int or null, got {every!r}")
+    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float)) or margin < 0):
+        raise ConfigError(f"{key}: reset_margin must be a number >= 0 or null, got {margin!r}")
+    options.pop("mode", None)
+    options.pop("device", None)
+    try:
+        AdaptSettings.from_options(options)
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e}") from e
 
 
 def build_data(cfg: DataConfig | Any, key: str = "data") -> Dataset:

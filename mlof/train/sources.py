@@ -42,7 +42,8 @@ def _clip_pairs() -> list[dict[str, Any]]:
     pairs = []
     for i in range(frames.shape[0] - 1):
         s: dict[str, Any] = {"img1": frames[i], "img2": frames[i + 1],
-                             "meta": {"dataset": "sample_clip", "scene": "alley_1", "frame": i, "index": i}}
+                             "meta": {"dataset": "sample_clip", "scene": "alley_1", "frame": i, "index": i,
+                                      "name": f"frame_{i + 1:04d}"}}   # the clip's file names
         if (i, i + 1) == tuple(clip["pair"]):
             s.update(flow=clip["flow"], valid=clip["valid"], occ=clip["occ"])
         pairs.append(s)
