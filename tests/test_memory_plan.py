@@ -41,8 +41,10 @@ def _assert_same(a, b, atol=1e-4):
     assert (flow_a - flow_b).abs().max() < atol and (bw_a - bw_b).abs().max() < atol
     assert grads_a.keys() == grads_b.keys() and grads_a
     for n in grads_a:
-        scale = grads_a[n].abs().max() + 1e-6
-        assert (grads_a[n] - grads_b[n]).abs().max() <= 1e-4 * scale + 1e-7, n
+        # relative to the tensor's own scale; the floor covers gradients that are zero up to rounding (biases
+        # right before an instance norm: ~1e-6 of pure rounding noise, recomputation rounds differently)
+        scale = grads_a[n].abs().max()
+        assert (grads_a[n] - grads_b[n]).abs().max() <= 1e-4 * scale + 1e-6, n
     for n in buf_a:   # BatchNorm statistics updated once, as without recomputation
         assert torch.allclose(buf_a[n].float(), buf_b[n].float(), atol=1e-6), n
 
