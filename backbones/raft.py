@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -227,9 +227,9 @@ class RAFTBase(nn.Module):
         fmap_shape = (shape.batch, 1, h // self.factor, w // self.factor)
         plan = plan_memory(shape, budget, dense_corr_bytes(fmap_shape, self.corr_levels), self.corr)
         if self.grad_checkpointing:  # explicit options only add savers
-            plan = _with(plan, checkpoint_iterations=True)
+            plan = replace(plan, checkpoint_iterations=True)
         if self.checkpoint_encoder:
-            plan = _with(plan, checkpoint_encoder=True)
+            plan = replace(plan, checkpoint_encoder=True)
         return plan
 
     def _apply_plan(self, plan: MemoryPlan, shape_key: tuple) -> None:
@@ -393,11 +393,6 @@ class RAFTBase(nn.Module):
     def forward_bidirectional(self, image1: torch.Tensor, image2: torch.Tensor, **kwargs: Any) -> FlowOutput:
         """``forward(..., bidirectional=True)``: forward flow in ``flow``, backward flow in ``extras['flow_bw']``."""
         return self.forward(image1, image2, bidirectional=True, **kwargs)
-
-
-def _with(plan: MemoryPlan, **changes: Any) -> MemoryPlan:
-    from dataclasses import replace
-    return replace(plan, **changes)
 
 
 @register("raft")
