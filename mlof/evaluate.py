@@ -331,9 +331,7 @@ def run_evaluate(cfg: Any, progress: bool = True, resume: bool = False, overwrit
     from mlof.io import write_image
     from mlof.train.config import ConfigError
     from mlof.train.distributed import resolve_device
-    from mlof.train.outputs import (PairStore, ResizePlan, finite_or_none, flow_format_for, output_stem,
-                                    prepare_run_folder)
-    from mlof.train.rundir import RunDir
+    from mlof.train.outputs import ResizePlan, finite_or_none, flow_format_for, open_streaming_run, output_stem
     from mlof.train.seeding import seed_everything
     from mlof.train.setup import build_data, build_model
     from mlof.viz import flow_panel, series_plot
@@ -360,13 +358,7 @@ def run_evaluate(cfg: Any, progress: bool = True, resume: bool = False, overwrit
     model = build_model(obj.model, device).eval()
     dataset = build_data(obj.data)
     # nothing is written before the configuration, the data and the weights have been checked
-    overwrite = overwrite or obj.overwrite
-    prepare_run_folder(cfg, obj.out_dir, obj.name, resume=resume, overwrite=overwrite)
-    # RunDir: the lock (a second process on this folder is refused) and, with overwrite, an empty folder
-    run = RunDir(obj.out_dir, obj.name, resume=resume, overwrite=overwrite)
-    run.save_config(cfg)
-    run.open()   # everything is checked: claim the folder (lock) and write config.yaml now
-    store = PairStore(run, fmt, images=obj.images, save_flows=obj.save_flows)
+    run, store = open_streaming_run(cfg, obj, fmt, resume=resume, overwrite=overwrite)
 
     def on_sample(i: int, sample: Mapping[str, Any], r: PairEvaluation) -> None:
         stem = output_stem(sample, i)

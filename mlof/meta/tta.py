@@ -246,6 +246,23 @@ def _evaluate(model: nn.Module, pairs: list[tuple[torch.Tensor, torch.Tensor]], 
     return total, terms, flows, per_pair, refused
 
 
+def _clipped_step(params: list[torch.Tensor], opt: torch.optim.Optimizer, sched: Any, s: AdaptSettings,
+                  guard: Guard, entry: dict, action: str) -> bool:
+    """Clip the gradient norm, record it and the lr in ``entry``, step the optimizer and schedule -- unless the
+    guard refuses the gradient (then ``entry["guard"]`` says so). Returns whether a step was taken."""
+    clip = s.clip if s.clip is not None else math.inf
+    grad_norm = float(torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], clip))
+    entry["grad_norm"] = grad_norm
+    entry["lr"] = opt.param_groups[0]["lr"]
+    if not guard.gradient_ok(grad_norm):
+        entry["guard"] = f"{action}; {SKIP_GRADIENT}"
+        return False
+    opt.step()
+    if sched is not None:
+        sched.step()
+    return True
+
+
 def _crop_augmentor(s: AdaptSettings):
     from mlof.data.augment import FlowAugmentor, build_augmentor
     if s.augment is not None:
@@ -335,16 +352,8 @@ def adapt_pairs_on_crops(model: nn.Module, pairs: list[tuple[torch.Tensor, torch
             entry["guard"] = ROLLBACK_NONFINITE
             restore(model, start_state)
             break
-        clip = s.clip if s.clip is not None else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], clip))
-        entry["grad_norm"] = grad_norm
-        if not guard.gradient_ok(grad_norm):
-            entry["guard"] = f"crop; {SKIP_GRADIENT}"
-            continue
-        opt.step()
-        if sched is not None:
-            sched.step()
-        entry["time"] = time.perf_counter() - tic
+        if _clipped_step(params, opt, sched, s, guard, entry, "crop"):
+            entry["time"] = time.perf_counter() - tic
     opt.zero_grad(set_to_none=True)
     rolled_back = any(str(h["guard"]).startswith("rollback") for h in history)
     best_step = 0 if rolled_back else s.steps
@@ -434,17 +443,8 @@ def _adapt_full_frames(model: nn.Module, pairs: list[tuple[torch.Tensor, torch.T
             break
         if last:
             break
-        clip = s.clip if s.clip is not None else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], clip))
-        entry["grad_norm"] = grad_norm
-        entry["lr"] = opt.param_groups[0]["lr"]
-        if not guard.gradient_ok(grad_norm):
-            entry["guard"] = f"{action}; {SKIP_GRADIENT}"
-            continue
-        opt.step()
-        if sched is not None:
-            sched.step()
-        entry["time"] = time.perf_counter() - tic  # evaluation + backward + update
+        if _clipped_step(params, opt, sched, s, guard, entry, action):
+            entry["time"] = time.perf_counter() - tic  # evaluation + backward + update
     opt.zero_grad(set_to_none=True)
 
     flows, best_step = current, state_step

@@ -24,8 +24,8 @@ from tqdm import tqdm
 
 from mlof.train.config import ConfigError, DataConfig, ModelConfig, RunConfig
 from mlof.train.distributed import resolve_device
-from mlof.train.outputs import (PairStore, ResizePlan, finite_or_none, flow_format_for, mean_of, output_stem,
-                                pair_seed, prepare_run_folder)
+from mlof.train.outputs import (PairStore, ResizePlan, finite_or_none, flow_format_for, mean_of,
+                                open_streaming_run, output_stem, pair_seed)
 from mlof.train.rundir import RunDir
 from mlof.train.seeding import seed_everything
 from mlof.train.setup import build_model, check_adapt_options
@@ -143,13 +143,7 @@ def _setup(cfg: DictConfig, resume: bool, overwrite: bool) -> _Run:
         check_adapt_options(obj.options, online=bool(getattr(obj, "online", False)))
     model = build_model(obj.model, device).eval()
     # nothing is written before the configuration, the input and the weights have been checked
-    overwrite = overwrite or obj.overwrite
-    prepare_run_folder(cfg, obj.out_dir, obj.name, resume=resume, overwrite=overwrite)
-    # RunDir: the lock (a second process on this folder is refused) and, with overwrite, an empty folder
-    run = RunDir(obj.out_dir, obj.name, resume=resume, overwrite=overwrite)
-    run.save_config(cfg)
-    run.open()   # everything is checked: claim the folder (lock) and write config.yaml now
-    store = PairStore(run, fmt, images=obj.images, save_flows=obj.save_flows)
+    run, store = open_streaming_run(cfg, obj, fmt, resume=resume, overwrite=overwrite)
     return _Run(obj, device, run, pairs, what, store, plan, iters, padding, model)
 
 

@@ -254,7 +254,6 @@ class PairStore:
         sample has it, colour key. Flows 2 x H x W at the sample's resolution."""
         if not (self.run.is_main and self.images):
             return
-        from mlof.io import write_image
         from mlof.viz import flow_panel
 
         img = flow_panel([sample["img1"], sample["img2"]], flow.detach().cpu(), gt=sample.get("flow"),
@@ -282,6 +281,19 @@ class PairStore:
         if not p.is_file():
             return None
         return torch.load(p, map_location="cpu", weights_only=True)
+
+
+def open_streaming_run(cfg: Any, obj: Any, fmt: str, *, resume: bool, overwrite: bool) -> tuple[RunDir, PairStore]:
+    """Claim the run folder of ``infer`` / ``adapt`` / ``evaluate`` once everything has been checked: refuse or
+    empty an existing one (``prepare_run_folder``), take the lock, write config.yaml; returns the run folder
+    and its per-pair store."""
+    overwrite = overwrite or bool(getattr(obj, "overwrite", False))
+    prepare_run_folder(cfg, obj.out_dir, obj.name, resume=resume, overwrite=overwrite)
+    # RunDir: the lock (a second process on this folder is refused) and, with overwrite, an empty folder
+    run = RunDir(obj.out_dir, obj.name, resume=resume, overwrite=overwrite)
+    run.save_config(cfg)
+    run.open()
+    return run, PairStore(run, fmt, images=obj.images, save_flows=obj.save_flows)
 
 
 PANEL_MAX_WIDTH = 2048
