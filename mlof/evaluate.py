@@ -333,7 +333,7 @@ def run_evaluate(cfg: Any, progress: bool = True, resume: bool = False, overwrit
     from mlof.train.distributed import resolve_device
     from mlof.train.outputs import ResizePlan, finite_or_none, flow_format_for, open_streaming_run, output_stem
     from mlof.train.seeding import seed_everything
-    from mlof.train.setup import build_data, build_model
+    from mlof.train.setup import build_data, build_model, is_real_input, warn_if_demo_model
     from mlof.viz import flow_panel, series_plot
 
     obj = OmegaConf.to_object(cfg)
@@ -356,6 +356,8 @@ def run_evaluate(cfg: Any, progress: bool = True, resume: bool = False, overwrit
     device = resolve_device(obj.device)
     seed_everything(obj.seed)
     model = build_model(obj.model, device).eval()
+    if is_real_input(obj):
+        warn_if_demo_model(obj.model.checkpoint)
     dataset = build_data(obj.data)
     # nothing is written before the configuration, the data and the weights have been checked
     run, store = open_streaming_run(cfg, obj, fmt, resume=resume, overwrite=overwrite)

@@ -177,3 +177,17 @@ def test_bench_models_synth(tmp_path, capsys):
     assert "990,162" in capsys.readouterr().out                    # the official RAFT-small count
     assert main(["synth", f"out={tmp_path / 'syn'}", "scenes=1", "size=[64,96]", "quiet=true"]) == 0
     assert len(list((tmp_path / "syn" / "training" / "flow").rglob("*.flo"))) == 1
+
+
+def test_demo_model_warning_on_real_input_only():
+    # The shipped default checkpoint is a demonstration model: commands running it on real frames say so once.
+    from backbones.base import _WARNED
+    from mlof.train.setup import DEMO_MODEL_WARNING, is_real_input, warn_if_demo_model
+    from mlof.train.inference import AdaptConfig
+    from mlof.train.config import DataConfig
+    _WARNED.discard("demo-model")
+    with pytest.warns(UserWarning, match="demonstration model"):
+        assert warn_if_demo_model("default")
+    assert "mlof fetch raft-things" in DEMO_MODEL_WARNING
+    assert not warn_if_demo_model(None)
+    assert is_real_input(AdaptConfig()) and not is_real_input(AdaptConfig(data=DataConfig(name="synthetic")))

@@ -28,7 +28,7 @@ from mlof.train.outputs import (PairStore, ResizePlan, finite_or_none, flow_form
                                 open_streaming_run, output_stem, pair_seed)
 from mlof.train.rundir import RunDir
 from mlof.train.seeding import seed_everything
-from mlof.train.setup import build_model, check_adapt_options
+from mlof.train.setup import build_model, check_adapt_options, is_real_input, warn_if_demo_model
 from mlof.train.sources import open_pairs
 
 __all__ = ["AdaptConfig", "InferConfig", "run_adapt", "run_infer", "DEFAULT_ITERS"]
@@ -142,6 +142,8 @@ def _setup(cfg: DictConfig, resume: bool, overwrite: bool) -> _Run:
     if getattr(obj, "options", None) is not None:   # adapt: its options are checked before anything is written
         check_adapt_options(obj.options, online=bool(getattr(obj, "online", False)))
     model = build_model(obj.model, device).eval()
+    if is_real_input(obj):
+        warn_if_demo_model(obj.model.checkpoint)
     # nothing is written before the configuration, the input and the weights have been checked
     run, store = open_streaming_run(cfg, obj, fmt, resume=resume, overwrite=overwrite)
     return _Run(obj, device, run, pairs, what, store, plan, iters, padding, model)

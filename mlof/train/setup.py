@@ -12,10 +12,40 @@ from backbones.base import warn_once
 from mlof.checkpoint import CheckpointError, is_mlof_checkpoint, validate_checkpoint
 from mlof.train.config import ConfigError, DataConfig, ModelConfig
 
-__all__ = ["build_model", "build_data", "check_adapt_options", "PYRAMID_NETWORKS", "collate", "SplitView", "subset_indices"]
+__all__ = ["build_model", "warn_if_demo_model", "is_real_input", "build_data", "check_adapt_options", "PYRAMID_NETWORKS", "collate", "SplitView", "subset_indices"]
 
 # Networks whose training loss is a weighted sum over pyramid levels rather than RAFT's sequence loss.
 PYRAMID_NETWORKS = frozenset({"liteflownet2", "upflow"})
+
+
+DEMO_MODEL_WARNING = (
+    "checkpoints/mlof_default.pt is a CPU demonstration model (RAFT-small, about 1 h of CPU training on synthetic "
+    "frames): on real frames it is worse than zero flow. For real use take official weights: `mlof fetch "
+    "raft-things` and model.checkpoint=raft-things (`mlof weights` lists them)")
+
+
+def warn_if_demo_model(checkpoint: Any) -> bool:
+    """Say once per process that the shipped default checkpoint is a demonstration model (commands call this
+    when they run it on real frames). True if ``checkpoint`` is that file."""
+    from backbones.base import warn_once
+
+    from mlof.train.sources import DEFAULT_CHECKPOINT, resolve_checkpoint
+    try:
+        path = resolve_checkpoint(checkpoint)
+        demo = path is not None and Path(path).resolve() == DEFAULT_CHECKPOINT.resolve()
+    except (FileNotFoundError, OSError, ValueError):
+        return False
+    if demo:
+        warn_once("demo-model", DEMO_MODEL_WARNING)
+    return demo
+
+
+def is_real_input(obj: Any) -> bool:
+    """Whether a command's input is real frames (a dataset other than the synthetic generator, frames, a folder,
+    a video or the bundled Sintel clip)."""
+    data = getattr(obj, "data", None)
+    name = getattr(data, "name", None) if data is not None else None
+    return name != "synthetic"
 
 
 def build_model(cfg: ModelConfig | Any, device: torch.device | str = "cpu",
