@@ -60,17 +60,24 @@ def parse_bytes(value: int | float | str, name: str = "memory_budget") -> int:
     return out
 
 
+def proc_kib_field(path: str, field: str) -> int | None:
+    """A ``Field:   N kB`` line of a Linux /proc file (``/proc/meminfo``, ``/proc/self/status``) in bytes, or
+    None where the file or the field does not exist (other platforms)."""
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def _available_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 8 * 1024 ** 3  # unknown platform: assume a small machine
+    available = proc_kib_field("/proc/meminfo", "MemAvailable")
+    return available if available is not None else 8 * 1024 ** 3  # unknown platform: assume a small machine
 
 
 def default_memory_budget(device: torch.device | str = "cpu", share: float = DEFAULT_BUDGET_SHARE) -> int:

@@ -29,6 +29,7 @@ from typing import Any, Callable, List, Optional
 
 import torch
 
+from backbones.memory_plan import proc_kib_field
 from mlof.train.config import RunConfig
 
 __all__ = ["BenchConfig", "MODES", "measure", "bench", "run_case", "format_table", "format_markdown",
@@ -62,12 +63,9 @@ class BenchConfig(RunConfig):
 
 def peak_rss_bytes() -> int | None:
     """This process's peak resident set since it started (Linux ``VmHWM``), or None where unknown."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    peak = proc_kib_field("/proc/self/status", "VmHWM")
+    if peak is not None:
+        return peak
     try:  # macOS and other Unixes: ru_maxrss (bytes on macOS, KiB on Linux)
         import resource
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -77,13 +75,7 @@ def peak_rss_bytes() -> int | None:
 
 
 def _rss_bytes() -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    return proc_kib_field("/proc/self/status", "VmRSS")
 
 
 def _sync(device: torch.device) -> None:
