@@ -241,3 +241,18 @@ def test_presets_are_validated_and_overridable():
         AdaptSettings(crop=(0, 5))
     with pytest.raises(ValueError, match="preset"):
         AdaptSettings(augment="nope")
+
+
+def test_bn_predict_scores_before_and_after_in_the_predict_mode(flow_samples):
+    # Full frames, BN in train mode while adapting, eval mode for the returned flows: before and after must both
+    # be the eval-mode predictions (of the start and of the adapted weights).
+    frames = sintel_clip(flow_samples, (96, 128), frames=(2, 3))
+    torch.manual_seed(0)
+    model = backbones.build("raft").eval()
+    res = mlof.adapt(model, frames, steps=1, iters=1, bn="train", bn_predict="eval", lr=1e-4, guard=False)
+    a, b = (f if f.dim() == 4 else f[None] for f in frames)
+    with torch.no_grad():
+        start = model(a, b, iters=1).flow
+        adapted = res.model.eval()(a, b, iters=1).flow
+    assert torch.allclose(res.flows_before[0], start, atol=1e-5)
+    assert torch.allclose(res.flow, adapted, atol=1e-5)

@@ -388,12 +388,15 @@ def adapt_pairs(model: nn.Module, pairs: list[tuple[torch.Tensor, torch.Tensor]]
     ``time`` (seconds: evaluation, plus backward and update when a step was taken).
 
     With crops (``s.augment`` / ``s.crop``, the release protocol) see ``adapt_pairs_on_crops``. When
-    ``bn_predict`` differs from ``bn``, the returned flows are predicted again in the ``bn_predict`` mode."""
+    ``bn_predict`` differs from ``bn``, the returned flows before and after are predicted in the ``bn_predict``
+    mode (so that they compare at one setting)."""
     if s.on_crops:
         return adapt_pairs_on_crops(model, pairs, s, names, objective, fixed, tag)
+    if s.bn_predict is None or s.bn_predict == s.bn:
+        return _adapt_full_frames(model, pairs, s, names, objective, fixed, tag)
+    before = _predict(model, pairs, s)
     out = _adapt_full_frames(model, pairs, s, names, objective, fixed, tag)
-    if s.bn_predict is not None and s.bn_predict != s.bn:
-        out.flows = _predict(model, pairs, s)
+    out.flows_before, out.flows = before, _predict(model, pairs, s)
     return out
 
 
