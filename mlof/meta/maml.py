@@ -1,4 +1,4 @@
-"""MAML and Meta-SGD on ``torch.func.functional_call`` + ``torch.autograd.grad`` (no extra dependency).
+"""MAML and Meta-SGD on fast-weight swapping + ``torch.autograd.grad`` (no extra dependency).
 
 learn2learn-style usage::
 
@@ -102,7 +102,7 @@ class MAML(nn.Module):
                   statistics updated by one task never leak into other tasks or into the wrapped model;
                   "shared": clones use the model's own buffers, reproducing the official MLOF release (its
                   learn2learn clones share BatchNorm statistics, which drift across tasks).
-    backend:      "func" (torch.func, default) or "higher" (needs the optional ``higher`` package).
+    backend:      "func" (default: fast weights swapped in, see ``swapped_tensors``) or "higher" (needs the optional ``higher`` package).
     """
 
     def __init__(self, model: nn.Module, lr: float, first_order: bool = False, params: ParamSpec = None,
