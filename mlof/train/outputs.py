@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from backbones.registry import read_checkpoint_file
 from mlof.train.config import ConfigError, diff_keys, to_dict
 from mlof.train.rundir import RunDir, jsonable
 from mlof.utils import atomic_open
@@ -280,7 +281,7 @@ class PairStore:
         p = self.path / "state" / "online.pt"
         if not p.is_file():
             return None
-        return torch.load(p, map_location="cpu", weights_only=True)
+        return read_checkpoint_file(p)   # the one checkpoint reader (one-line errors)
 
 
 def open_streaming_run(cfg: Any, obj: Any, fmt: str, *, resume: bool, overwrite: bool) -> tuple[RunDir, PairStore]:
