@@ -35,11 +35,17 @@ class Domain:
     brightness: Range = (90.0, 160.0)            # mean grey level of textures
     palette_spread: Range = (35.0, 60.0)         # std of the leaves' grey levels around the mean
     colour_cast: Range = (1.0, 1.0)              # red gain / blue gain of the scene (1 = neutral)
+    flat_fraction: float = 0.0                   # share of layers with almost no texture (noise contrast x 0.1):
+                                                 # regions where only context tells the motion, as on walls, sky
+    pattern_fraction: Range = (0.0, 0.0)         # share of a texture's leaves carrying stripes or checks
+    shading: Range = (0.0, 0.0)                  # amplitude of smooth illumination over a texture, grey levels
     # motion per frame
     background_translation: float = 12.0         # max px
     background_rotation: float = 2.0             # max deg
     background_zoom: float = 0.04                # max |log scale|
-    object_translation: float = 60.0             # max px (magnitude max * U^1.3)
+    object_translation: float = 60.0             # max px (magnitude max * U^object_motion_power)
+    object_motion_power: float = 1.3             # > 1 favours small motions (U uniform in 0..1)
+    background_motion_power: float = 1.0         # the same for the background translation
     object_rotation: float = 10.0                # max deg
     object_zoom: float = 0.10                    # max |log scale|
     nonrigid: float = 1.5                        # max amplitude of the smooth displacement, px
@@ -107,6 +113,18 @@ DOMAINS: dict[str, Domain] = {
         object_translation=100.0, object_rotation=25.0, object_zoom=0.2, nonrigid=4.0, nonrigid_cells=5,
         light_gain=(0.9, 1.1), light_bias=(-6.0, 6.0), colour_drift=0.03, light_gradient=0.1,
         blur_sigma=(0.7, 1.5), noise_std=(2.0, 5.0)),
+    # Closer to real footage (Sintel, Middlebury, driving): textures from flat to busy, with shading,
+    # periodic patterns (aperture problems) and low-texture layers; mostly small motions with a heavy tail
+    # (many real scenes move 0-5 px, some 50+); mild blur, noise and lighting change. The source domain of the
+    # shipped model (checkpoints/README.md).
+    "natural": Domain(
+        name="natural", num_objects=(2, 7), object_size=(0.1, 0.5), texture_alpha=(0.9, 2.0),
+        texture_contrast=(4.0, 45.0), saturation=(0.15, 0.9), leaves=(60.0, 400.0), brightness=(50.0, 180.0),
+        palette_spread=(15.0, 60.0), flat_fraction=0.3, pattern_fraction=(0.0, 0.25), shading=(0.0, 40.0),
+        background_translation=16.0, background_rotation=2.0, background_zoom=0.05, background_motion_power=1.8,
+        object_translation=70.0, object_rotation=10.0, object_zoom=0.1, object_motion_power=2.2, nonrigid=2.0,
+        light_gain=(0.95, 1.05), light_bias=(-4.0, 4.0), colour_drift=0.01, light_gradient=0.03,
+        blur_sigma=(0.0, 1.0), noise_std=(0.0, 3.0)),
 }
 
 

@@ -4,6 +4,7 @@ See :mod:`mlof.data.synthetic` for the model. Everything here is private to the 
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass, field
@@ -153,14 +154,24 @@ def _blob_mask(rng: np.random.Generator, radius: float, size: int) -> np.ndarray
 
 
 def _style(rng: np.random.Generator, d: Domain, cast: tuple[float, float, float]) -> TextureStyle:
-    return TextureStyle(alpha=draw_uniform(rng, d.texture_alpha), contrast=draw_uniform(rng, d.texture_contrast),
-                        saturation=draw_uniform(rng, d.saturation), leaves=int(round(draw_uniform(rng, d.leaves))),
-                        mean=draw_uniform(rng, d.brightness), spread=draw_uniform(rng, d.palette_spread), cast=cast)
+    style = TextureStyle(alpha=draw_uniform(rng, d.texture_alpha), contrast=draw_uniform(rng, d.texture_contrast),
+                         saturation=draw_uniform(rng, d.saturation), leaves=int(round(draw_uniform(rng, d.leaves))),
+                         mean=draw_uniform(rng, d.brightness), spread=draw_uniform(rng, d.palette_spread), cast=cast)
+    # Optional extras draw random numbers only when the domain enables them (older domains render as before).
+    extras = {}
+    if d.flat_fraction > 0 and rng.random() < d.flat_fraction:
+        extras["contrast"] = 0.1 * style.contrast
+    if d.pattern_fraction[1] > 0:
+        extras["pattern"] = draw_uniform(rng, d.pattern_fraction)
+    if d.shading[1] > 0:
+        extras["shading"] = draw_uniform(rng, d.shading)
+    return dataclasses.replace(style, **extras) if extras else style
 
 
 def _motion(rng: np.random.Generator, max_shift: float, max_rot: float, max_zoom: float, scale: float,
-            heavy: bool) -> tuple[float, tuple[float, float], float]:
-    mag = max_shift * scale * (rng.random() ** 1.3 if heavy else rng.random())
+            power: float) -> tuple[float, tuple[float, float], float]:
+    u = rng.random()
+    mag = max_shift * scale * (u if power == 1.0 else u ** power)
     ang = rng.uniform(0, 2 * np.pi)
     theta = math.radians(rng.uniform(-max_rot, max_rot))
     return theta, (float(mag * math.cos(ang)), float(mag * math.sin(ang))), float(rng.uniform(-max_zoom, max_zoom))
@@ -174,7 +185,7 @@ def build_layers(rng: np.random.Generator, d: Domain, h: int, w: int, frames: in
     # background: the frame plus a margin; sampling beyond it reflects (still one exact texture function)
     m = int(0.1 * max(h, w)) + 8
     theta, shift, zoom = _motion(rng, d.background_translation, d.background_rotation, d.background_zoom,
-                                 scale, heavy=False)
+                                 scale, d.background_motion_power)
     tex = make_texture(rng, h + 2 * m, w + 2 * m, _style(rng, d, cast))
     disp = _smooth_field(rng, h + 2 * m, w + 2 * m, d.nonrigid_cells)
     amp = _nonrigid_amp(rng, d, scale, disp, frames)
@@ -194,7 +205,7 @@ def build_layers(rng: np.random.Generator, d: Domain, h: int, w: int, frames: in
         disp = _smooth_field(rng, size, size, d.nonrigid_cells)
         amp = _nonrigid_amp(rng, d, scale, disp, frames)
         theta, shift, zoom = _motion(rng, d.object_translation, d.object_rotation, d.object_zoom, scale,
-                                     heavy=True)
+                                     d.object_motion_power)
         layers.append(_Layer(origin, _t(tex.transpose(2, 0, 1)), _t(mask[None].astype(np.float32)),
                              _t(disp), (cx, cy), theta, zoom, shift, amp, box))
     return layers

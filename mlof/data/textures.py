@@ -29,6 +29,9 @@ class TextureStyle:
     spread: float = 50.0        # std of palette luminance around ``mean``
     cast: tuple[float, float, float] = (1.0, 1.0, 1.0)   # per-channel gain (a colour cast of the domain)
     optics_sigma: float = 0.8   # Gaussian band limit of the texture, px
+    shading: float = 0.0        # amplitude of a smooth illumination ramp over the texture, grey levels
+    pattern: float = 0.0        # share of leaves carrying a periodic pattern (stripes, checks): aperture
+                                # problems and repeated structure, as on fabric, fences and bricks
 
 
 def pink_noise(rng: np.random.Generator, h: int, w: int, alpha: float, fields: int = 1) -> np.ndarray:
@@ -84,6 +87,40 @@ def _draw_leaves(rng: np.random.Generator, h: int, w: int, n: int) -> np.ndarray
     return labels
 
 
+def _periodic_pattern(rng: np.random.Generator, labels: np.ndarray, n: int, style: TextureStyle,
+                     kinds: int = 4) -> np.ndarray:
+    """An h x w luminance offset: stripes or checks on a random share ``style.pattern`` of the leaves.
+
+    ``kinds`` patterns (period 3..24 px, random orientation, square or sine wave, some crossed into checks)
+    are drawn for the whole texture and each chosen leaf shows one of them, scaled by its own amplitude
+    (about the palette spread): the cost is a few full-size fields whatever the number of leaves."""
+    h, w = labels.shape
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    fields = np.empty((kinds + 1, h, w), np.float32)
+    fields[0] = 0.0                                              # index 0: no pattern
+    for k in range(1, kinds + 1):
+        period = float(np.exp(rng.uniform(np.log(3.0), np.log(24.0))))
+        ang = rng.uniform(0, np.pi)
+        u = np.sin((xx * np.cos(ang) + yy * np.sin(ang)) * np.float32(2 * np.pi / period))
+        wave = np.sign(u) if rng.random() < 0.5 else u
+        if rng.random() < 0.3:                                   # checks: a second, orthogonal square wave
+            wave = wave * np.sign(np.sin((yy * np.cos(ang) - xx * np.sin(ang)) * np.float32(2 * np.pi / period)))
+        fields[k] = wave
+    which = np.where(rng.random(n + 1) < style.pattern, rng.integers(1, kinds + 1, n + 1), 0)
+    amp = (rng.uniform(0.3, 1.0, n + 1) * max(style.spread, 15.0)).astype(np.float32)
+    return np.take_along_axis(fields, which[labels][None], axis=0)[0] * amp[labels]
+
+
+def _shading_ramp(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """An h x w smooth illumination field in about [-1, 1]: a linear ramp plus one soft highlight/shadow."""
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    ang = rng.uniform(0, 2 * np.pi)
+    ramp = (xx * np.cos(ang) + yy * np.sin(ang)) / max(h, w)
+    cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(0.2, 0.7) * max(h, w)
+    blob = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r)) * rng.choice([-1.0, 1.0])
+    return (ramp + blob).astype(np.float32)
+
+
 def make_texture(rng: np.random.Generator, h: int, w: int, style: TextureStyle) -> np.ndarray:
     """An h x w x 3 float32 RGB texture (0..255) of the given style."""
     n = max(1, int(round(style.leaves * h * w / 256.0 ** 2)))
@@ -94,6 +131,11 @@ def make_texture(rng: np.random.Generator, h: int, w: int, style: TextureStyle) 
     direction += 1.0                                       # mostly luminance, some colour
     direction /= np.linalg.norm(direction, axis=1, keepdims=True) / np.sqrt(3.0)
     img += style.contrast * (noise[0, ..., None] * direction[0] + 0.5 * noise[1, ..., None] * direction[1])
+    # The extras below draw random numbers only when enabled, so textures without them stay as they were.
+    if style.pattern > 0:
+        img += _periodic_pattern(rng, labels, n, style)[..., None]
+    if style.shading > 0:
+        img += (style.shading * _shading_ramp(rng, h, w))[..., None]
     if style.optics_sigma > 0:   # band-limit like a lens: no energy at the pixel's Nyquist frequency
         img = cv2.GaussianBlur(img, (0, 0), style.optics_sigma)
     return np.clip(img, 0, 255)
