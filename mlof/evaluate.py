@@ -30,6 +30,8 @@ import torch
 from torch import nn
 
 from backbones.base import FlowOutput, InputPadder
+from mlof.meta.engine import Adapter
+from mlof.meta.frames import as_pairs
 from mlof.train.config import DataConfig, ModelConfig, RunConfig
 
 __all__ = ["EvaluateConfig", "Protocol", "PROTOCOLS", "protocol_for", "predict", "adapt_predict",
@@ -104,16 +106,15 @@ def predict(model: nn.Module, img1: torch.Tensor, img2: torch.Tensor, iters: int
 def adapt_predict(model: nn.Module, img1: torch.Tensor, img2: torch.Tensor, *, iters: int | None = 12,
                   padding: str = "sintel", **options: Any) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
     """Test-time adaptation of one pair at the evaluation's settings: images 1 x 3 x H x W (0..255) are padded
-    as ``predict`` pads them (``padding`` mode, multiple of 8), ``mlof.adapt`` runs with ``iters`` and
-    ``options``, and both flows are cropped back. Returns ``(before, after, history)`` with flows 1 x 2 x H x W:
-    the unadapted and the adapted prediction at the same iterations and padding."""
-    import mlof
-
+    as ``predict`` pads them (``padding`` mode, multiple of 8), the adaptation engine (``mlof.meta.engine.Adapter``,
+    as ``mlof.adapt``) runs with ``iters`` and ``options``, and both flows are cropped back. Returns
+    ``(before, after, history)`` with flows 1 x 2 x H x W: the unadapted and the adapted prediction at the same
+    iterations and padding."""
     if "iters" in options:
         raise ValueError("adapt_predict: give the iterations as iters=, not among the mlof.adapt options")
     padder = InputPadder(img1.shape, mode=padding)
     p1, p2 = padder.pad_tensors(img1, img2)
-    res = mlof.adapt(model, (p1[0], p2[0]), iters=iters, **options)
+    res = Adapter(model, iters=iters, **options).run(as_pairs((p1[0], p2[0])))
     before = padder.unpad(res.flows_before[0].reshape(1, 2, *p1.shape[-2:]))
     after = padder.unpad(res.flows[0].reshape(1, 2, *p1.shape[-2:]))
     return before, after, list(res.history)

@@ -181,7 +181,8 @@ def test_bad_options_raise_value_error():
 
 
 def test_release_defaults():
-    from mlof.meta.tta import AdaptSettings, build_optimizer
+    from mlof.meta.engine import build_optimizer
+    from mlof.meta.settings import AdaptSettings
     s = AdaptSettings()
     assert (s.steps, s.optimizer, s.resolved_lr(), s.clip, s.recipe, s.iters, s.bn) == \
         (3, "adamw", 1e-5, 1.0, "mlof", 12, "eval")
@@ -230,13 +231,14 @@ def test_release_preset_adapts_on_seeded_crops_in_train_mode_and_predicts_in_eva
 
 
 def test_presets_are_validated_and_overridable():
-    from mlof.meta.tta import PRESETS, AdaptSettings
-    s = AdaptSettings.from_options({"preset": "release-kitti", "steps": 5})
+    from mlof.meta.settings import PRESETS, AdaptSettings, adapt_settings
+    s = adapt_settings({"preset": "release-kitti", "steps": 5})
     assert s.steps == 5 and s.augment == "mlof-release-kitti" and s.on_crops
-    assert AdaptSettings.from_options({"preset": "mlof"}) == AdaptSettings()
+    assert adapt_settings({"preset": "mlof"}) == AdaptSettings() == adapt_settings()
+    assert adapt_settings({"preset": "release"}, steps=2) == adapt_settings(preset="release", steps=2)
     assert {"mlof", "release", "release-sintel", "release-kitti"} <= set(PRESETS)
     with pytest.raises(ValueError, match="preset must be one of"):
-        AdaptSettings.from_options({"preset": "paper"})
+        adapt_settings({"preset": "paper"})
     with pytest.raises(ValueError, match="crop"):
         AdaptSettings(crop=(0, 5))
     with pytest.raises(ValueError, match="preset"):

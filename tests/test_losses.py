@@ -486,10 +486,14 @@ def test_keep_close():
         L.keep_close(p, {"a": f["a"]})
     with pytest.raises(ValueError, match="shape"):
         L.keep_close([torch.zeros(2)], [torch.zeros(3)])
-    loss = L.build_loss("mlof")
+    # the weighted term lives in the objective only (recipe weight 10); the loss of flows refuses it
+    from mlof.meta.objective import UnsupervisedObjective
+    objective = UnsupervisedObjective("mlof")
+    assert math.isclose(float(objective.keep_close_term(p, f).detach()), 90.0)
+    assert UnsupervisedObjective("mlof", keep_close_weight=0.0).keep_close_term(p, f) is None
     img = _smooth_images(1, 8, 8)
-    out = loss(img, img, torch.zeros(1, 2, 8, 8), params=p, fixed_params=f)
-    assert math.isclose(float(out.terms["keep_close"].detach()), 90.0)
+    with pytest.raises(ValueError, match="keep-close term is not a loss extra"):
+        L.build_loss("mlof")(img, img, torch.zeros(1, 2, 8, 8), params=p, fixed_params=f)
 
 
 # -------------------------------------------------------------------------------------------- supervised

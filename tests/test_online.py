@@ -8,6 +8,7 @@ import torch
 
 import backbones
 import mlof
+from mlof.meta.engine import Adapter
 from mlof.meta.online import OnlineAdapter
 from tests.meta_helpers import ToyFlowNet, shifted_pair, sintel_clip
 
@@ -64,7 +65,7 @@ def test_reset_every_k_pairs():
 
 def test_drift_reset_when_carried_weights_are_worse(monkeypatch):
     adapter = OnlineAdapter(ToyFlowNet(), reset_margin=0.0, **OPTS)
-    monkeypatch.setattr(OnlineAdapter, "_total_at", staticmethod(lambda outcome: math.inf))
+    monkeypatch.setattr(Adapter, "_data_total", staticmethod(lambda outcome: math.inf))
     for seed in range(3):
         adapter.step(shifted_pair(seed=seed)[0])
     # Pair 0 starts fresh (nothing to compare), pair 1 is carried -> judged worse -> reset and re-adapted.

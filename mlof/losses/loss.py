@@ -12,7 +12,6 @@ from .distill import augmentation_regularization, pyramid_distillation, self_sup
 from .occlusion import occlusion_fb, occlusion_range_map
 from .photometric import abs_robust, census, charbonnier, ssim_3x3, ternary
 from .recipes import RecipeConfig, resolve_recipe
-from .regularizers import keep_close
 from .smoothness import downsample_flow, downsample_image, edge_aware_smoothness
 from .warp import in_frame_mask, warp
 
@@ -30,8 +29,6 @@ EXTRAS = {
     "ar_pred": "ARFlow: prediction on the augmented input (N x 2 x H x W)",
     "ar_target": "ARFlow: transformed prediction on the original input (detached inside)",
     "ar_mask": "ARFlow: transformed non-occluded mask (optional)",
-    "params": "keep-close: adapted parameters (dict or list)",
-    "fixed_params": "keep-close: the fixed reference parameters",
 }
 
 
@@ -41,7 +38,9 @@ class UnsupervisedLoss(nn.Module):
     Call: ``loss(img1, img2, flow_fw, flow_bw=None, **extras) -> LossOutput``; images N x 3 x H x W in 0..255,
     flows N x 2 x H x W in pixels. Without ``flow_bw`` the backward-dependent parts (occlusion mask and the
     backward photometric/smoothness terms) are left out, so any single forward flow can be scored. Terms whose
-    extras are absent (pyramid distillation, self-supervision, AR, keep-close) are left out too.
+    extras are absent (pyramid distillation, self-supervision, AR) are left out too. The keep-close term on the
+    weights is not a loss of flows: ``mlof.meta.objective.UnsupervisedObjective`` adds it, with this recipe's
+    ``keep_close_weight``.
     Computation runs in float32 (float64 kept) with autocast off.
     """
 
@@ -55,7 +54,8 @@ class UnsupervisedLoss(nn.Module):
 
     @property
     def keep_close_weight(self) -> float:
-        """Weight of ``keep_close(params, fixed)`` in this recipe (MLOF: 10), for the meta-learner."""
+        """Weight of ``keep_close(params, fixed)`` in this recipe, applied by the objective of the meta-learner and
+        of test-time adaptation (``mlof.meta.objective``)."""
         return float(self.config.keep_close_weight)
 
     def constants(self) -> dict[str, Any]:
@@ -177,6 +177,9 @@ class UnsupervisedLoss(nn.Module):
     def forward(self, img1: torch.Tensor, img2: torch.Tensor, flow_fw: torch.Tensor,
                 flow_bw: torch.Tensor | None = None, **extras: Any) -> LossOutput:
         unknown = sorted(set(extras) - set(EXTRAS))
+        if {"params", "fixed_params"} & set(unknown):
+            raise LossInputError("params / fixed_params: the keep-close term is not a loss extra; "
+                                 "mlof.meta.objective.UnsupervisedObjective adds it (or use mlof.losses.keep_close)")
         if unknown:
             raise LossInputError(f"unknown loss extras {unknown}; known: {sorted(EXTRAS)}")
         check_images(img1, img2)
@@ -258,7 +261,7 @@ class UnsupervisedLoss(nn.Module):
         return LossOutput(total=total, terms=terms, extras=ex)
 
     def _flow_terms(self, terms: dict[str, torch.Tensor], extras: Mapping[str, Any], add: Any) -> None:
-        """Self-supervision, augmentation regularisation and keep-close, each when its extras are present."""
+        """Self-supervision and augmentation regularisation, each when its extras are present."""
         cfg = self.config
         w = cfg.weights
         if w.get("selfsup", 0) > 0 and extras.get("teacher_flow") is not None \
@@ -271,10 +274,6 @@ class UnsupervisedLoss(nn.Module):
             add("ar", w["ar"] * augmentation_regularization(
                 to_float(extras["ar_pred"]), to_float(extras["ar_target"]), extras.get("ar_mask"),
                 eps=cfg.robust_eps, q=cfg.robust_q))
-        if cfg.keep_close_weight > 0 and extras.get("params") is not None:
-            if extras.get("fixed_params") is None:
-                raise LossInputError("extras 'params' given without 'fixed_params' for the keep-close term")
-            add("keep_close", cfg.keep_close_weight * keep_close(extras["params"], extras["fixed_params"]))
 
 
 def build_loss(recipe: str | Mapping[str, Any] | RecipeConfig | UnsupervisedLoss = "mlof") -> UnsupervisedLoss:

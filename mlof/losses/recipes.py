@@ -62,8 +62,8 @@ class RecipeConfig:
     pyramid_photo_weights: photometric weight of each extra pyramid level in ``extras['pyramid_fw']``
                       (finest first, after the full-resolution flow); ARFlow w_scales[1:] = (1, 1, 1, 0).
     ar_weight / selfsup options: see ``distill.py``; fb_sigma_teacher / fb_sigma_student SMURF 0.003 / 0.03.
-    keep_close_weight: weight of ``keep_close`` (MLOF ``wkeeper`` 10); applied when extras carry ``params``
-                      and ``fixed_params``, else by the meta-learner through ``loss.keep_close_weight``.
+    keep_close_weight: weight of ``keep_close`` (MLOF ``wkeeper`` 10), applied by ``mlof.meta.objective`` (the
+                      meta-learner and test-time adaptation) through ``loss.keep_close_weight``.
     """
 
     name: str = "custom"

@@ -160,7 +160,7 @@ class MLOFTrainer:
         opts = {"iters": self.iters, **self.net_options}
         inner = []
         for _ in range(self.inner_steps):
-            res = self.objective(learner.inner_forward, self.model, t["img1"], t["img2"],
+            res = self.objective(self.model, t["img1"], t["img2"], run=learner.inner_forward,
                                  params=learner.adapted_parameters(), fixed=self.theta_fixed, **opts)
             inner.append(float(res.total.detach()))
             require_finite(f"meta step {self.steps_done}: inner loss", res.total, hint="lower the inner lr")

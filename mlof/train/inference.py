@@ -239,7 +239,6 @@ def _adapt_online(r: _Run, model: torch.nn.Module, options: dict[str, Any], resu
     finished pair with the same weights; the adapter's per-pair lists are emptied (bounded memory)."""
     from backbones.base import InputPadder
     from mlof.api import OnlineAdapter
-    from mlof.meta.tta import restore, snapshot
 
     n = len(r.pairs)
     adapter = OnlineAdapter(model, device=r.device, iters=r.iters, **options)
@@ -253,9 +252,9 @@ def _adapt_online(r: _Run, model: torch.nn.Module, options: dict[str, Any], resu
     state = r.store.read_online_state() if resume else None
     if state is not None:
         start = int(state["done"])
-        restore(adapter.model, {k[len("w:"):]: v.to(r.device) for k, v in state.items() if k.startswith("w:")})
-        adapter._pair, adapter._since_reset = start, int(state["since_reset"])
-        adapter.last_steps = int(state["last_steps"])
+        adapter.load_state_dict({"weights": {k[len("w:"):]: v for k, v in state.items() if k.startswith("w:")},
+                                 "pairs_done": start, "since_reset": state["since_reset"],
+                                 "last_steps": state["last_steps"]})
     # the first frame gives no flow: it becomes the adapter's "previous" frame (on resume: the last finished
     # pair's second frame)
     adapter.step(prepare(r.pairs[start - 1]["img2"] if start > 0 else r.pairs[0]["img1"]))
@@ -271,9 +270,10 @@ def _adapt_online(r: _Run, model: torch.nn.Module, options: dict[str, Any], resu
         adapter.history.clear()
         adapter.flows_before.clear()
         adapter.resets.clear()
-        weights = {f"w:{key}": v.detach().cpu() for key, v in snapshot(adapter.model, adapter.names).items()}
-        r.store.write_online_state({**weights, "done": k + 1, "since_reset": adapter._since_reset,
-                                    "last_steps": adapter.last_steps})
+        carried = adapter.state_dict()
+        weights = {f"w:{key}": v.detach().cpu() for key, v in carried["weights"].items()}
+        r.store.write_online_state({**weights, "done": k + 1, "since_reset": carried["since_reset"],
+                                    "last_steps": carried["last_steps"]})
 
 
 def run_infer(cfg: DictConfig, progress: bool = True, resume: bool = False, overwrite: bool = False

@@ -12,6 +12,8 @@ from typing import Any, Dict, Iterable
 
 import torch
 
+from mlof.losses import resolve_recipe
+from mlof.meta.settings import DEFAULT_LR, AdaptSettings
 from mlof.train.config import ConfigError, DataConfig, LogConfig, ModelConfig, RunConfig
 from mlof.train.distributed import DistContext, reduce_metrics, sync_gradients
 from mlof.train.engine import StepOutput
@@ -23,16 +25,18 @@ __all__ = ["MetaConfig", "MetaTrainConfig", "MetaTrainJob"]
 
 @dataclass
 class MetaConfig:
-    """Keywords of ``mlof.meta.MLOFTrainer`` (defaults: the official MLOF release)."""
+    """Keywords of ``mlof.meta.MLOFTrainer`` (defaults: the official MLOF release). The inner loop is the
+    adaptation the meta-weights are trained for: its defaults are taken from ``mlof.meta.settings`` and the
+    recipe, not restated."""
 
     inner_loss: str = "mlof"          # unsupervised recipe of mlof.losses.build_loss
-    inner_steps: int = 3
-    inner_lr: float = 5e-6
+    inner_steps: int = AdaptSettings.steps
+    inner_lr: float = DEFAULT_LR["sgd"]   # the release's inner-loop SGD
     first_order: bool = True
-    params: str = "all"               # what adapts: all or a backbones.param_groups name
-    iters: int = 12
+    params: str = AdaptSettings.params    # what adapts: all or a backbones.param_groups name
+    iters: int = AdaptSettings.iters
     outer_lr: float = 5e-6
-    keep_close_weight: float = 10.0
+    keep_close_weight: float = resolve_recipe("mlof").keep_close_weight
     gamma: float = 0.85
     max_flow: float = 400.0
     options: Dict[str, Any] = field(default_factory=dict)   # any further MLOFTrainer keyword

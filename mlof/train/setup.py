@@ -142,24 +142,16 @@ def _official_entry(ckpt: str | None, name: str | None) -> Any:
 
 
 def check_adapt_options(options: dict[str, Any], key: str = "options", online: bool = False) -> None:
-    """Validate keyword options of ``mlof.adapt`` (types, ranges, choices) before a run writes anything.
+    """Validate keyword options of ``mlof.adapt`` (types, ranges, choices) before a run writes anything, with the
+    one parser of adaptation options (``mlof.meta.settings.adapt_settings``).
 
     Raises ``ConfigError`` naming ``key`` and the option (``options: lr must be a number, got 'abc'``).
-    Besides the settings of ``AdaptSettings`` these are ``mlof.adapt``'s own keywords ``mode``, ``device``,
-    ``reset_every`` and ``reset_margin`` (``online`` is kept for callers; the same checks apply).
+    (``online`` is kept for callers; the same checks apply.)
     """
-    from mlof.meta.tta import AdaptSettings
+    from mlof.meta.settings import adapt_settings
 
-    options = dict(options or {})
-    every, margin = options.pop("reset_every", None), options.pop("reset_margin", 0.0)
-    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
-        raise ConfigError(f"{key}: reset_every must be a positive int or null, got {every!r}")
-    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float)) or margin < 0):
-        raise ConfigError(f"{key}: reset_margin must be a number >= 0 or null, got {margin!r}")
-    options.pop("mode", None)
-    options.pop("device", None)
     try:
-        AdaptSettings.from_options(options)
+        adapt_settings(options)
     except ValueError as e:
         raise ConfigError(f"{key}: {e}") from e
 
