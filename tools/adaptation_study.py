@@ -1,0 +1,136 @@
+"""Study of test-time adaptation settings: EPE before / after and seconds per pair, per setting and sample.
+
+Runs ``mlof.adapt`` from one checkpoint with each named setting of ``SETTINGS`` on the shared real samples
+(Sintel alley_1 final and clean, Middlebury RubberWhale, KITTI-15 000000) and on held-out synthetic
+target-domain pairs, at full resolution, and writes a JSON file and a Markdown table. The README's adaptation
+table and the choice of ``mlof.adapt``'s default come from this tool.
+
+    python tools/adaptation_study.py --checkpoint default --out /tmp/study --settings release default smurf-10
+    python tools/adaptation_study.py --list
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import mlof
+from mlof.data import build_dataset
+from mlof.data.synthetic import render_sample
+from mlof.utils import atomic_open
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flow-samples"
+
+_FAST = {"optimizer": "adam", "schedule": "constant", "lr": 1e-4, "weight_decay": 0.0}
+# name -> mlof.adapt options (mlof.adapt's own defaults for everything not given)
+SETTINGS: dict[str, dict[str, Any]] = {
+    "release": {"preset": "release"},
+    "default": {},
+    "mlof-10": {**_FAST, "recipe": "mlof", "steps": 10},
+    "uflow-10": {**_FAST, "recipe": "uflow", "steps": 10},
+    "smurf-5": {**_FAST, "recipe": "smurf", "steps": 5},
+    "smurf-10": {**_FAST, "recipe": "smurf", "steps": 10},
+    "smurf-20": {**_FAST, "recipe": "smurf", "steps": 20},
+    "smurf-10-lr3e-4": {**_FAST, "recipe": "smurf", "steps": 10, "lr": 3e-4},
+    "smurf-10-lr3e-5": {**_FAST, "recipe": "smurf", "steps": 10, "lr": 3e-5},
+    "smurf-10-update": {**_FAST, "recipe": "smurf", "steps": 10, "params": "update_block"},
+    "smurf-10-last": {**_FAST, "recipe": "smurf", "steps": 10, "keep": "last"},
+    "smurf-10-bf16": {**_FAST, "recipe": "smurf", "steps": 10, "precision": "bf16"},
+    "smurf-10-crop": {**_FAST, "recipe": "smurf", "steps": 10, "crop": [256, 384]},
+}
+
+
+def real_samples(names: list[str]) -> list[tuple[str, dict[str, Any]]]:
+    table = {"sintel-final": ("sintel", "sintel", {"pass_": "final"}),
+             "sintel-clean": ("sintel", "sintel", {"pass_": "clean"}),
+             "middlebury": ("middlebury", "middlebury", {}),
+             "kitti": ("kitti15", "kitti2015", {"flow": "noc"})}
+    out = []
+    for name in names:
+        if name.startswith("synthetic"):
+            continue
+        ds_name, folder, opts = table[name]
+        out.append((name, build_dataset(ds_name, str(SHARED / folder), **opts)[0]))
+    return out
+
+
+def synthetic_samples(n: int, size: tuple[int, int], seed: int = 4242) -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for i in range(n):
+        s = render_sample("target", size, seed=seed, index=i)
+        t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).float()   # noqa: E731
+        out.append((f"synthetic-{i}", {"img1": t(s["frames"][0]), "img2": t(s["frames"][1]),
+                                       "flow": t(s["flows"][0]), "valid": torch.from_numpy(s["valids"][0])}))
+    return out
+
+
+def epe(flow: torch.Tensor, sample: dict[str, Any]) -> float:
+    valid = sample["valid"] > 0.5
+    return float((flow.reshape(2, *valid.shape) - sample["flow"]).norm(dim=0)[valid].mean())
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", default="default")
+    p.add_argument("--out", default="study")
+    p.add_argument("--settings", nargs="*", default=list(SETTINGS))
+    p.add_argument("--samples", nargs="*", default=["sintel-final", "middlebury", "kitti", "synthetic"])
+    p.add_argument("--synthetic", type=int, default=4, help="number of synthetic target pairs")
+    p.add_argument("--synthetic-size", type=int, nargs=2, default=[256, 320])
+    p.add_argument("--iters", type=int, default=12)
+    p.add_argument("--list", action="store_true")
+    a = p.parse_args(argv)
+    if a.list:
+        for k, v in SETTINGS.items():
+            print(f"{k:20s} {v}")
+        return 0
+    unknown = [s for s in a.settings if s not in SETTINGS]
+    if unknown:
+        p.error(f"unknown setting(s) {unknown}; --list shows them")
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "study.json"
+    results: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+    model = mlof.load(a.checkpoint)
+    samples = real_samples(a.samples)
+    if any(s.startswith("synthetic") for s in a.samples):
+        samples += synthetic_samples(a.synthetic, tuple(a.synthetic_size))
+    for sname, s in samples:
+        rec = results.setdefault(sname, {"zero": epe(torch.zeros_like(s["flow"]), s)})
+        for setting in a.settings:
+            if setting in rec:
+                continue
+            t = time.perf_counter()
+            r = mlof.adapt(model, (s["img1"], s["img2"]), iters=a.iters, **SETTINGS[setting])
+            seconds = time.perf_counter() - t
+            if "before" not in rec and r.flows_before is not None:
+                rec["before"] = epe(r.flows_before[0], s)
+            rec[setting] = {"epe": epe(r.flows[0], s), "seconds": seconds}
+            print(f"{sname:14s} {setting:18s} before {rec.get('before', float('nan')):.3f} after "
+                  f"{rec[setting]['epe']:.3f} zero {rec['zero']:.3f}  {seconds:.1f} s", flush=True)
+            with atomic_open(path, "w") as f:
+                json.dump(results, f, indent=2)
+    write_table(results, out / "study.md")
+    return 0
+
+
+def write_table(results: dict[str, Any], path: Path) -> None:
+    settings = list(dict.fromkeys(k for rec in results.values() for k in rec if k not in ("zero", "before")))
+    lines = ["| sample | zero | before | " + " | ".join(settings) + " |", "|---|---|---|" + "---|" * len(settings)]
+    for sname, rec in results.items():
+        cells = [f"{rec[k]['epe']:.3f} ({rec[k]['seconds']:.0f} s)" if k in rec else "" for k in settings]
+        lines.append(f"| {sname} | {rec['zero']:.3f} | {rec.get('before', float('nan')):.3f} | " + " | ".join(cells)
+                     + " |")
+    with atomic_open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
