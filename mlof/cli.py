@@ -27,33 +27,33 @@ __all__ = ["main", "build_parser", "COMMANDS"]
 # --------------------------------------------------------------------------------------- subcommand handlers
 def _defaults(kind: str) -> Any:
     if kind == "pretrain":
-        from mlof.train.pretrain import PretrainConfig
+        from mlof.commands.pretrain import PretrainConfig
         return PretrainConfig
     if kind == "meta-train":
-        from mlof.train.meta_train import MetaTrainConfig
+        from mlof.commands.meta_train import MetaTrainConfig
         return MetaTrainConfig
     if kind == "adapt":
-        from mlof.train.inference import AdaptConfig
+        from mlof.commands.adapt import AdaptConfig
         return AdaptConfig
     if kind == "infer":
-        from mlof.train.inference import InferConfig
+        from mlof.commands.adapt import InferConfig
         return InferConfig
     if kind == "evaluate":
-        from mlof.evaluate import EvaluateConfig
+        from mlof.commands.evaluate import EvaluateConfig
         return EvaluateConfig
     if kind == "bench":
-        from mlof.bench import BenchConfig
+        from mlof.commands.bench import BenchConfig
         return BenchConfig
     if kind == "models":
         return ModelsConfig
     if kind == "weights":
-        from mlof.hub import WeightsConfig
+        from mlof.commands.fetch import WeightsConfig
         return WeightsConfig
     if kind == "fetch":
-        from mlof.hub import FetchConfig
+        from mlof.commands.fetch import FetchConfig
         return FetchConfig
     if kind == "export":
-        from mlof.export import ExportConfig
+        from mlof.commands.export import ExportConfig
         return ExportConfig
     raise KeyError(kind)
 
@@ -67,9 +67,9 @@ def _train(kind: str, cfg: Any, args: argparse.Namespace) -> int:
     from mlof.train.runner import run_training
 
     if kind == "pretrain":
-        from mlof.train.pretrain import PretrainJob as Job
+        from mlof.commands.pretrain import PretrainJob as Job
     else:
-        from mlof.train.meta_train import MetaTrainJob as Job
+        from mlof.commands.meta_train import MetaTrainJob as Job
     summary = run_training(Job, cfg, resume=cfg.resume, overwrite=cfg.overwrite, progress=not args.quiet)
     train = summary.get("train") or {}
     shown = ", ".join(f"{k} {v:.4g}" for k, v in list(train.items())[:4])
@@ -85,7 +85,7 @@ def _fmt(x: Any) -> str:
 
 
 def _adapt(cfg: Any, args: argparse.Namespace) -> int:
-    from mlof.train.inference import run_adapt
+    from mlof.commands.adapt import run_adapt
 
     s = run_adapt(cfg, progress=not args.quiet, resume=cfg.resume, overwrite=cfg.overwrite)
     _say(f"adapt ({s['mode']}) on {s['input']}: {s['pairs']} pair(s), iters {s['iters']}, padding "
@@ -99,7 +99,7 @@ def _adapt(cfg: Any, args: argparse.Namespace) -> int:
 
 
 def _infer(cfg: Any, args: argparse.Namespace) -> int:
-    from mlof.train.inference import run_infer
+    from mlof.commands.adapt import run_infer
 
     s = run_infer(cfg, progress=not args.quiet, resume=cfg.resume, overwrite=cfg.overwrite)
     _say(f"infer on {s['input']}: {s['pairs']} pair(s), iters {s['iters']}, {s['seconds_per_pair']:.2f} s per pair"
@@ -109,7 +109,7 @@ def _infer(cfg: Any, args: argparse.Namespace) -> int:
 
 
 def _evaluate(cfg: Any, args: argparse.Namespace) -> int:
-    from mlof.evaluate import run_evaluate
+    from mlof.commands.evaluate import run_evaluate
 
     summary = run_evaluate(cfg, progress=not args.quiet, resume=cfg.resume, overwrite=cfg.overwrite)
 
@@ -127,10 +127,10 @@ def _evaluate(cfg: Any, args: argparse.Namespace) -> int:
 def _bench(cfg: Any, args: argparse.Namespace) -> int:
     import torch
 
-    from mlof.bench import BenchConfig, bench, format_markdown
+    from mlof.commands.bench import BenchConfig, bench, format_markdown
     from mlof.utils import atomic_open
     from mlof.train.distributed import resolve_device
-    from mlof.train.rundir import RunDir
+    from mlof.runs.rundir import RunDir
 
     obj: BenchConfig = OmegaConf.to_object(cfg)
     run = RunDir.for_config(cfg)
@@ -164,10 +164,10 @@ class ModelsConfig:
 
 def _models(cfg: Any, args: argparse.Namespace) -> int:
     import backbones
-    from mlof.train.rundir import RunDir
+    from mlof.runs.rundir import RunDir
 
     if cfg.format not in ("table", "json"):
-        from mlof.train.config import ConfigError
+        from mlof.config import ConfigError
         raise ConfigError(f"format: {cfg.format!r} is not one of table, json")
     names = list(cfg.names) if cfg.names else backbones.available()
     rows = []
@@ -191,19 +191,19 @@ def _models(cfg: Any, args: argparse.Namespace) -> int:
 
 
 def _weights(cfg: Any, args: argparse.Namespace) -> int:
-    from mlof.hub import run_weights
+    from mlof.commands.fetch import run_weights
 
     return run_weights(OmegaConf.to_object(cfg))
 
 
 def _fetch(cfg: Any, args: argparse.Namespace) -> int:
-    from mlof.hub import run_fetch
+    from mlof.commands.fetch import run_fetch
 
     return run_fetch(OmegaConf.to_object(cfg), progress=not args.quiet)
 
 
 def _export(cfg: Any, args: argparse.Namespace) -> int:
-    from mlof.export import run_export
+    from mlof.commands.export import run_export
 
     run_export(OmegaConf.to_object(cfg), say=_say)
     return 0
@@ -211,11 +211,11 @@ def _export(cfg: Any, args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------ synth glue
 def _synth(args: argparse.Namespace, parser: argparse.ArgumentParser, extra: Sequence[str]) -> int:
-    from mlof.data import synth_cli
+    from mlof.commands import synth as synth_cli
 
     settings: dict[str, Any] = {}
     if args.config:
-        from mlof.train.config import ConfigError
+        from mlof.config import ConfigError
         if not os.path.isfile(args.config):
             raise ConfigError(f"recipe {args.config} does not exist")
         loaded = OmegaConf.to_container(OmegaConf.load(args.config), resolve=True)
@@ -229,7 +229,7 @@ def _synth(args: argparse.Namespace, parser: argparse.ArgumentParser, extra: Seq
     for key, value in settings.items():
         dest = key.replace("-", "_")
         if dest not in dests or dest in ("help", "config", "command"):
-            from mlof.train.config import ConfigError
+            from mlof.config import ConfigError
             raise ConfigError(f"synth: unknown key {key!r} (see mlof synth --help)")
         action = dests[dest]
         if action.type is not None and value is not None:
@@ -353,7 +353,7 @@ def _flag_hint(cmd: str, argv: Sequence[str]) -> Optional[str]:
 
 def _add_synth(p: argparse.ArgumentParser) -> None:
     try:
-        from mlof.data import synth_cli
+        from mlof.commands import synth as synth_cli
         synth_cli.add_arguments(p)
     except ImportError as e:
         p.set_defaults(_synth_missing=str(e))
@@ -399,7 +399,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if bad:
                 synth_parser.error(f"unrecognized arguments: {' '.join(bad)}")
             if getattr(args, "_synth_missing", None):
-                raise UserError(f"mlof.data.synth_cli is not available: {args._synth_missing}")
+                raise UserError(f"mlof.commands.synth is not available: {args._synth_missing}")
             return _synth(args, synth_parser, extra)
         hint = _flag_hint(cmd_name, argv[1:])
         if hint:
@@ -420,7 +420,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             bare = [o for o in args.overrides if "=" not in o]
             if bare:
                 args.overrides = [o for o in args.overrides if "=" in o] + [f"names=[{','.join(bare)}]"]
-        from mlof.train.config import resolve
+        from mlof.config import resolve
 
         overrides = list(args.overrides) + (["online=true"] if getattr(args, "online", False) else [])
         # the flags are the last word (a script's default overwrite=true yields to an explicit --resume)

@@ -5,10 +5,10 @@
 weights are carried along the sequence (``OnlineAdapter``). Pairs with ground truth are scored before and after
 adaptation, at the same iterations and padding. ``infer`` only predicts. Both stream their outputs: each pair's
 flow file (named after its first frame, ``flows/frame_0001.flo``; KITTI ``flows/000000_10.png``), colour
-image, panel and record are written as soon as the pair is done (see ``mlof.train.outputs``), and ``--resume``
+image, panel and record are written as soon as the pair is done (see ``mlof.runs.outputs``), and ``--resume``
 continues an interrupted run without redoing finished pairs.
 
-Iterations and padding default to the dataset's evaluation protocol (``mlof.evaluate.protocol_for``: 32 /
+Iterations and padding default to the dataset's evaluation protocol (``mlof.commands.evaluate.protocol_for``: 32 /
 sintel for Sintel, 24 / kitti for KITTI) when the input is a dataset, so ``adapt``, ``infer`` and ``evaluate``
 report the same "before" numbers for the same pair; for frames, folders and videos they are 12 / sintel.
 """
@@ -22,14 +22,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from mlof.train.config import ConfigError, DataConfig, ModelConfig, RunConfig
+from mlof.config import ConfigError, DataConfig, ModelConfig, RunConfig
 from mlof.train.distributed import resolve_device
-from mlof.train.outputs import (PairStore, ResizePlan, finite_or_none, flow_format_for, mean_of,
+from mlof.runs.outputs import (PairStore, ResizePlan, finite_or_none, flow_format_for, mean_of,
                                 open_streaming_run, output_stem, pair_seed)
-from mlof.train.rundir import RunDir
-from mlof.train.seeding import seed_everything
-from mlof.train.setup import build_model, check_adapt_options, is_real_input, warn_if_demo_model
-from mlof.train.sources import open_pairs
+from mlof.runs.rundir import RunDir
+from mlof.seeding import seed_everything
+from mlof.commands.setup import build_model, check_adapt_options, is_real_input, warn_if_demo_model
+from mlof.commands.sources import open_pairs
 
 __all__ = ["AdaptConfig", "InferConfig", "run_adapt", "run_infer", "DEFAULT_ITERS"]
 
@@ -108,7 +108,7 @@ class _Run:
 
 
 def _setup(cfg: DictConfig, resume: bool, overwrite: bool) -> _Run:
-    from mlof.evaluate import protocol_for
+    from mlof.commands.evaluate import protocol_for
 
     obj = OmegaConf.to_object(cfg)
     dataset = obj.data.name if obj.data is not None else None
@@ -169,7 +169,7 @@ def _adapt_scalars(rec: dict[str, Any]) -> dict[str, float]:
 def _write_adapted(r: _Run, k: int, sample: dict[str, Any], before: torch.Tensor, after: torch.Tensor,
                    history: list[dict], extra: dict[str, Any] | None = None) -> None:
     """Files, TensorBoard and the record of adapted pair ``k`` (flows 2 x H x W at full resolution)."""
-    from mlof.train.pretrain import panel
+    from mlof.commands.pretrain import panel
 
     stem = output_stem(sample, k)
     totals = [h.get("total") for h in history if h.get("total") is not None]
@@ -200,7 +200,7 @@ def run_adapt(cfg: DictConfig, progress: bool = True, resume: bool = False, over
               ) -> dict[str, Any]:
     """Meta-inference over the input, streaming every pair's outputs; returns (and writes to
     ``metrics.json``) the per-pair and mean EPEs before and after adaptation."""
-    from mlof.evaluate import adapt_predict
+    from mlof.commands.evaluate import adapt_predict
 
     r = _setup(cfg, resume, overwrite)
     n = len(r.pairs)
@@ -279,7 +279,7 @@ def _adapt_online(r: _Run, model: torch.nn.Module, options: dict[str, Any], resu
 def run_infer(cfg: DictConfig, progress: bool = True, resume: bool = False, overwrite: bool = False
               ) -> dict[str, Any]:
     """Predict every pair of the input, streaming flow files, colour images, panels and per-pair records."""
-    from mlof.evaluate import forward_interpolate, predict, same_sequence
+    from mlof.commands.evaluate import forward_interpolate, predict, same_sequence
 
     r = _setup(cfg, resume, overwrite)
     if resume and r.obj.warm_start:

@@ -30,7 +30,7 @@ from typing import Any, Callable, List, Optional
 import torch
 
 from backbones.memory_plan import proc_kib_field
-from mlof.train.config import RunConfig
+from mlof.config import RunConfig
 
 __all__ = ["BenchConfig", "MODES", "measure", "bench", "run_case", "format_table", "format_markdown",
            "peak_rss_bytes"]
@@ -105,8 +105,8 @@ def measure(fn: Callable[[], Any], device: torch.device, repeats: int = 3, warmu
 
 
 def _build(name: str, corr: str, precision: str, checkpoint: str | None, device: torch.device) -> torch.nn.Module:
-    from mlof.train.config import ModelConfig
-    from mlof.train.setup import build_model
+    from mlof.config import ModelConfig
+    from mlof.commands.setup import build_model
 
     options: dict[str, Any] = {} if corr in ("-", "", "default") else {"corr": corr}
     if precision != "fp32":
@@ -179,7 +179,7 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
 
 
 def _in_subprocess(case: dict[str, Any], timeout: int) -> dict[str, Any]:
-    code = ("import json, sys; from mlof.bench import run_case; "
+    code = ("import json, sys; from mlof.commands.bench import run_case; "
             "print('MLOF_BENCH ' + json.dumps(run_case(json.loads(sys.argv[1]))), flush=True)")
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parents[1])

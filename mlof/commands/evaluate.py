@@ -17,7 +17,7 @@ Warm start initialises each pair with the previous pair's coarse flow, forward-s
 scene, pairs in order). ``adapt`` options run ``mlof.adapt`` per pair first (theta* in the MLOF tables), at
 the protocol's iterations and padding too (``adapt_predict``); the summary then reports the adapted metrics and,
 under ``before``, the unadapted ones of the same run and settings. ``run_evaluate`` is ``mlof evaluate``: it
-streams every pair's flow files, panel and record to the run folder and can resume (``mlof.train.outputs``).
+streams every pair's flow files, panel and record to the run folder and can resume (``mlof.runs.outputs``).
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from backbones.base import FlowOutput, InputPadder
-from mlof.train.config import DataConfig, ModelConfig, RunConfig
+from mlof.config import DataConfig, ModelConfig, RunConfig
 
 __all__ = ["EvaluateConfig", "Protocol", "PROTOCOLS", "protocol_for", "predict", "adapt_predict",
            "forward_interpolate", "evaluate", "evaluate_dataset", "run_evaluate", "PairEvaluation", "headline",
@@ -194,7 +194,7 @@ def evaluate(model: nn.Module, dataset: Iterable[Mapping[str, Any]], *, dataset_
     (keyword options of ``mlof.adapt``), each pair is first adapted without supervision, from ``model``, at the
     same iterations and padding (``adapt_predict``); the summary then holds the adapted metrics and, under
     ``before``, the unadapted ones of the same run and settings. ``resize`` / ``max_side`` scale the frames down
-    before the network (``mlof.train.outputs.ResizePlan``); flows are scaled back and scored against the
+    before the network (``mlof.runs.outputs.ResizePlan``); flows are scaled back and scored against the
     full-resolution ground truth. ``on_sample(index, sample, PairEvaluation)`` is called after every pair.
     ``finished(index)`` may return the record of a pair done by an interrupted run (with ``stats`` and, when
     adapting, ``stats_before``): that pair is not recomputed and its statistics count as saved, so the summary
@@ -205,8 +205,8 @@ def evaluate(model: nn.Module, dataset: Iterable[Mapping[str, Any]], *, dataset_
     from tqdm import tqdm
 
     from mlof.metrics import FlowMetricAccumulator
-    from mlof.train.outputs import ResizePlan, pair_seed
-    from mlof.train.seeding import seed_everything
+    from mlof.runs.outputs import ResizePlan, pair_seed
+    from mlof.seeding import seed_everything
 
     proto = protocol_for(dataset_name)
     iters = proto.iters if iters is None else int(iters)
@@ -329,11 +329,11 @@ def run_evaluate(cfg: Any, progress: bool = True, resume: bool = False, overwrit
     from omegaconf import OmegaConf
 
     from mlof.io import write_image
-    from mlof.train.config import ConfigError
+    from mlof.config import ConfigError
     from mlof.train.distributed import resolve_device
-    from mlof.train.outputs import ResizePlan, finite_or_none, flow_format_for, open_streaming_run, output_stem
-    from mlof.train.seeding import seed_everything
-    from mlof.train.setup import build_data, build_model, is_real_input, warn_if_demo_model
+    from mlof.runs.outputs import ResizePlan, finite_or_none, flow_format_for, open_streaming_run, output_stem
+    from mlof.seeding import seed_everything
+    from mlof.commands.setup import build_data, build_model, is_real_input, warn_if_demo_model
     from mlof.viz import flow_panel, series_plot
 
     obj = OmegaConf.to_object(cfg)
@@ -344,7 +344,7 @@ def run_evaluate(cfg: Any, progress: bool = True, resume: bool = False, overwrit
         raise ConfigError("warm_start=true runs cannot be resumed (each pair starts from the previous one's flow)")
     adapt = dict(obj.adapt) if obj.adapt else None
     if adapt:
-        from mlof.train.setup import check_adapt_options
+        from mlof.commands.setup import check_adapt_options
         check_adapt_options(adapt, key="adapt")   # before anything is written
     iters = obj.iters if obj.iters is not None else protocol_for(obj.data.name).iters
     if adapt and "iters" in adapt and adapt["iters"] != iters:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List
 
-from mlof.train.config import ModelConfig
+from mlof.config import ModelConfig
 
 __all__ = ["ExportConfig", "run_export", "check_onnx"]
 
@@ -67,7 +67,7 @@ def run_export(cfg: Any, say=print) -> dict:
     import importlib.util
 
     from backbones.onnx import export_onnx
-    from mlof.train.setup import build_model
+    from mlof.commands.setup import build_model
 
     if len(cfg.size) != 2 or any(int(s) < 1 for s in cfg.size):
         raise ValueError(f"size must be [H, W] with positive sides, got {list(cfg.size)}")

@@ -12,11 +12,11 @@ from typing import Any, Dict, Iterable
 
 import torch
 
-from mlof.train.config import ConfigError, DataConfig, LogConfig, ModelConfig, RunConfig
+from mlof.config import ConfigError, DataConfig, LogConfig, ModelConfig, RunConfig
 from mlof.train.distributed import DistContext, reduce_metrics, sync_gradients
 from mlof.train.engine import StepOutput
 from mlof.train.sampling import StepPlan, step_loader
-from mlof.train.setup import build_data, build_model, collate
+from mlof.commands.setup import build_data, build_model, collate
 
 __all__ = ["MetaConfig", "MetaTrainConfig", "MetaTrainJob"]
 
@@ -112,7 +112,7 @@ class MetaTrainJob:
 
     @torch.no_grad()
     def _panel(self, task: dict[str, Any]) -> Any:
-        from mlof.train.pretrain import panel
+        from mlof.commands.pretrain import panel
 
         was_training = self.model.training
         self.model.eval()

@@ -14,11 +14,11 @@ import torch
 from torch import nn
 
 from mlof.meta.guard import NonFiniteError
-from mlof.train.config import ConfigError, DataConfig, LogConfig, ModelConfig, RunConfig
+from mlof.config import ConfigError, DataConfig, LogConfig, ModelConfig, RunConfig
 from mlof.train.distributed import DistContext, all_ranks_true, reduce_metrics, sync_gradients
 from mlof.train.engine import StepOutput
 from mlof.train.sampling import StepPlan, step_loader
-from mlof.train.setup import PYRAMID_NETWORKS, build_data, build_model, collate
+from mlof.commands.setup import PYRAMID_NETWORKS, build_data, build_model, collate
 
 __all__ = ["OptimConfig", "PretrainConfig", "PretrainJob", "build_optimizer", "freeze_batchnorm", "loss_total",
            "panel"]

@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 
 from backbones.base import warn_once
 from mlof.checkpoint import CheckpointError, is_mlof_checkpoint, validate_checkpoint
-from mlof.train.config import ConfigError, DataConfig, ModelConfig
+from mlof.config import ConfigError, DataConfig, ModelConfig
 
 __all__ = ["build_model", "warn_if_demo_model", "is_real_input", "build_data", "check_adapt_options", "PYRAMID_NETWORKS", "collate", "SplitView", "subset_indices"]
 
@@ -29,7 +29,7 @@ def warn_if_demo_model(checkpoint: Any) -> bool:
     when they run it on real frames). True if ``checkpoint`` is that file."""
     from backbones.base import warn_once
 
-    from mlof.train.sources import DEFAULT_CHECKPOINT, resolve_checkpoint
+    from mlof.commands.sources import DEFAULT_CHECKPOINT, resolve_checkpoint
     try:
         path = resolve_checkpoint(checkpoint)
         demo = path is not None and Path(path).resolve() == DEFAULT_CHECKPOINT.resolve()
@@ -63,7 +63,7 @@ def build_model(cfg: ModelConfig | Any, device: torch.device | str = "cpu",
     """
     import backbones
 
-    from mlof.train.sources import resolve_checkpoint
+    from mlof.commands.sources import resolve_checkpoint
 
     options = dict(cfg.options or {})
     ckpt = resolve_checkpoint(cfg.checkpoint)

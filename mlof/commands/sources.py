@@ -70,7 +70,7 @@ def _image_pairs(files: Sequence[str]) -> list[dict[str, Any]]:
 def open_pairs(input: Any = None, data: Any = None) -> tuple[Sequence[dict[str, Any]], str]:
     """The frame pairs of an input (see module docstring) and a short description of it."""
     if data is not None:
-        from mlof.train.setup import build_data
+        from mlof.commands.setup import build_data
 
         return build_data(data), f"dataset {data.name}"
     if input is None or input == "clip":

@@ -1,4 +1,4 @@
-"""``mlof synth``: write a synthetic domain as an MPI-Sintel training tree (``python -m mlof.data.synth_cli``).
+"""``mlof synth``: write a synthetic domain as an MPI-Sintel training tree (``python -m mlof.commands.synth``).
 
 ``mlof.cli`` dispatches the ``synth`` subcommand here through :func:`add_arguments` and :func:`run`.
 """

@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 
 from backbones.registry import read_checkpoint_file
-from mlof.train.config import ConfigError, diff_keys, to_dict
-from mlof.train.rundir import RunDir, jsonable
+from mlof.config import ConfigError, diff_keys, to_dict
+from mlof.runs.rundir import RunDir, jsonable
 from mlof.utils import atomic_open
 
 __all__ = ["output_stem", "flow_format_for", "ResizePlan", "PairStore", "prepare_run_folder", "pair_seed",

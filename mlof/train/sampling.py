@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mlof.train.distributed import DistContext, shard_range
-from mlof.train.seeding import derive_seed
+from mlof.seeding import derive_seed
 
 __all__ = ["StepPlan", "SeededSamples", "StepBatchSampler", "step_loader"]
 
