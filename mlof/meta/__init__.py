@@ -19,7 +19,7 @@ _LAZY = {
     "MLOFTrainer": "mlof.meta.trainer",
     "Guard": "mlof.meta.guard",
     "OnlineAdapter": "mlof.meta.online",
-    "from_learn2learn": "mlof.meta.interop",
+    "from_learn2learn": "mlof.meta.maml",
     "HigherLearner": "mlof.meta.interop",
 }
 
