@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import torch
 
-from mlof.metrics import FL_ABS_THRESH, FL_REL_THRESH, to_flow_batch, to_mask_batch
+from mlof.metrics import FL_ABS_THRESH, FL_REL_THRESH, epe, to_flow_batch, to_mask_batch
 
 __all__ = ["colorwheel", "flow_to_rgb", "error_map", "flow_panel", "batch_panel", "color_key", "series_plot", "to_tensorboard",
            "KITTI_ERROR_COLORS"]
@@ -235,7 +235,6 @@ def flow_panel(frames: Sequence[Any] | Any, flow: Any, gt: Any = None, valid: An
         ref = f if gt is None else _flows_hw2(gt)[0]
         rad = np.sqrt((np.where(_known(ref, None)[..., None], ref, 0.0) ** 2).sum(-1))
         max_radius = float(rad.max()) if rad.size and rad.max() > 0 else 1.0
-    from mlof.metrics import epe   # local: only needed here
 
     def scored(x: Any) -> str:
         return f" (EPE {float(epe(x, gt, valid)):.2f} px)" if gt is not None else ""
@@ -267,7 +266,6 @@ def flow_panel(frames: Sequence[Any] | Any, flow: Any, gt: Any = None, valid: An
     lines = [np.concatenate([x for t in r for x in (t, vsep)][:-1], axis=1) for r in rows]
     hsep = np.zeros((gap, lines[0].shape[1], 3), np.uint8)
     return np.concatenate([x for ln in lines for x in (ln, hsep)][:-1], axis=0)
-
 
 
 def batch_panel(batch: dict[str, Any], flow: torch.Tensor) -> np.ndarray:

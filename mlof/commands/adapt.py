@@ -1,39 +1,40 @@
-"""``mlof adapt`` (meta-inference) and ``mlof infer``: predictions for frames, folders, videos and datasets.
+"""``mlof adapt`` (meta-inference): unsupervised test-time adaptation on frames, folders, videos and datasets.
 
 ``adapt`` runs MLOF's meta-inference: every pair is adapted independently from the loaded weights
 (``mlof.adapt``, the release's 3 AdamW steps of the unsupervised loss), or, with ``online=true``, the
 weights are carried along the sequence (``OnlineAdapter``). Pairs with ground truth are scored before and after
-adaptation, at the same iterations and padding. ``infer`` only predicts. Both stream their outputs: each pair's
+adaptation, at the same iterations and padding. The outputs are streamed: each pair's
 flow file (named after its first frame, ``flows/frame_0001.flo``; KITTI ``flows/000000_10.png``), colour
 image, panel and record are written as soon as the pair is done (see ``mlof.runs.outputs``), and ``--resume``
 continues an interrupted run without redoing finished pairs.
 
 Iterations and padding default to the dataset's evaluation protocol (``mlof.commands.evaluate.protocol_for``: 32 /
 sintel for Sintel, 24 / kitti for KITTI) when the input is a dataset, so ``adapt``, ``infer`` and ``evaluate``
-report the same "before" numbers for the same pair; for frames, folders and videos they are 12 / sintel.
+report the same "before" numbers for the same pair; for frames, folders and videos they are 12 / sintel
+(``mlof.commands.sources.DEFAULT_ITERS``).
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
-from mlof.config import ConfigError, DataConfig, ModelConfig, RunConfig
-from mlof.train.distributed import resolve_device
-from mlof.runs.outputs import (PairStore, ResizePlan, finite_or_none, flow_format_for, mean_of,
-                                open_streaming_run, output_stem, pair_seed)
-from mlof.runs.rundir import RunDir
+from backbones.base import InputPadder
+from mlof.api import OnlineAdapter
+from mlof.commands.evaluate import adapt_predict
+from mlof.commands.report import fmt, say
+from mlof.commands.sources import FramesRun, open_frames_run, pair_epe, pairs_to_do
+from mlof.config import DataConfig, ModelConfig, RunConfig
+from mlof.meta.tta import restore, snapshot
+from mlof.runs.outputs import finite_or_none, mean_of, output_stem, pair_seed
 from mlof.seeding import seed_everything
-from mlof.commands.setup import build_model, check_adapt_options, is_real_input, warn_if_demo_model
-from mlof.commands.sources import open_pairs
+from mlof.viz import batch_panel
 
-__all__ = ["AdaptConfig", "InferConfig", "run_adapt", "run_infer", "DEFAULT_ITERS"]
-
-DEFAULT_ITERS = 12   # frames, folders and videos (datasets: their evaluation protocol's iterations)
+__all__ = ["AdaptConfig", "run_adapt", "main"]
 
 
 @dataclass
@@ -59,122 +60,19 @@ class AdaptConfig(RunConfig):
     overwrite: bool = False             # start an existing run folder over (--overwrite)
 
 
-@dataclass
-class InferConfig(RunConfig):
-    """``mlof infer``: flow for consecutive pairs of frames, a folder, a video or a dataset."""
-
-    name: str = "infer"
-    model: ModelConfig = field(default_factory=lambda: ModelConfig(name=None, checkpoint="default"))
-    input: Any = None
-    data: Optional[DataConfig] = None
-    max_pairs: int = 0
-    pairs: Optional[List[int]] = None
-    iters: Optional[int] = None         # None: the dataset's protocol, 12 for frames
-    padding: Optional[str] = None       # sintel | kitti (RAFT padding modes); None as iters
-    resize: Any = None
-    max_side: int = 0
-    warm_start: bool = False            # initialise each pair with the previous coarse flow
-    save_flows: bool = True
-    flow_format: str = "auto"
-    images: bool = True                 # images/<stem>_panel.png and <stem>_color.png
-    overwrite: bool = False
-
-
-class _Pick:
-    """A selection of an input's pairs (keeps the rest unloaded)."""
-
-    def __init__(self, pairs: Sequence[dict[str, Any]], index: list[int]):
-        self.pairs, self.index = pairs, index
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return self.pairs[self.index[i]]
-
-
-@dataclass
-class _Run:
-    obj: Any
-    device: torch.device
-    run: RunDir
-    pairs: Sequence[dict[str, Any]]
-    what: str
-    store: PairStore
-    plan: ResizePlan
-    iters: int
-    padding: str
-    model: torch.nn.Module
-
-
-def _setup(cfg: DictConfig, resume: bool, overwrite: bool) -> _Run:
-    from mlof.commands.evaluate import protocol_for
-
-    obj = OmegaConf.to_object(cfg)
-    dataset = obj.data.name if obj.data is not None else None
-    fmt = flow_format_for(obj.flow_format, dataset)
-    plan = ResizePlan(obj.resize, obj.max_side)
-    proto = protocol_for(dataset) if dataset else None
-    iters = obj.iters if obj.iters is not None else (proto.iters if proto else DEFAULT_ITERS)
-    padding = obj.padding if obj.padding is not None else (proto.padding if proto else "sintel")
-    if padding not in ("sintel", "kitti"):
-        raise ConfigError(f"padding: {padding!r} is not one of sintel, kitti")
-    if not isinstance(iters, int) or iters < 1:
-        raise ConfigError(f"iters: must be an integer >= 1, got {iters!r}")
-    device = resolve_device(obj.device)
-    seed_everything(obj.seed)
-    pairs, what = open_pairs(obj.input, obj.data)
-    if len(pairs) == 0:
-        raise ValueError(f"input: {what} has no frame pairs")
-    if obj.pairs:
-        bad = [i for i in obj.pairs if not 0 <= int(i) < len(pairs)]
-        if bad:
-            raise ConfigError(f"pairs: {bad} out of range for the {len(pairs)} pairs of {what}")
-        pairs = _Pick(pairs, [int(i) for i in obj.pairs])
-    if obj.max_pairs:
-        pairs = _Pick(pairs, list(range(min(obj.max_pairs, len(pairs)))))
-    if getattr(obj, "online", False) and obj.data is not None:
-        raise ConfigError("online: adapting along a sequence needs consecutive frames (input=folder/video/"
-                          "clip), not a dataset of independent pairs")
-    if "iters" in getattr(obj, "options", {}) and obj.options["iters"] != iters:
-        raise ConfigError(f"options.iters ({obj.options['iters']}) differs from iters ({iters}): before and after "
-                          f"are scored at one setting; set iters= instead")
-    if getattr(obj, "options", None) is not None:   # adapt: its options are checked before anything is written
-        check_adapt_options(obj.options, online=bool(getattr(obj, "online", False)))
-    model = build_model(obj.model, device).eval()
-    if is_real_input(obj):
-        warn_if_demo_model(obj.model.checkpoint)
-    # nothing is written before the configuration, the input and the weights have been checked
-    run, store = open_streaming_run(cfg, obj, fmt, resume=resume, overwrite=overwrite)
-    return _Run(obj, device, run, pairs, what, store, plan, iters, padding, model)
-
-
-def _epe(flow: torch.Tensor, sample: dict[str, Any]) -> float | None:
-    if "flow" not in sample:
-        return None
-    from mlof.metrics import epe
-
-    return finite_or_none(epe(flow.detach().cpu(), sample["flow"], sample.get("valid")))
-
-
-def _todo(store: PairStore, n: int, resume: bool) -> list[int]:
-    return [k for k in range(n) if not resume or store.done(k) is None]
-
-
 def _adapt_scalars(rec: dict[str, Any]) -> dict[str, float]:
     keys = ("epe_before", "epe_after", "loss_first", "loss_last", "steps")
     return {k: rec[k] for k in keys if rec.get(k) is not None}
 
 
-def _write_adapted(r: _Run, k: int, sample: dict[str, Any], before: torch.Tensor, after: torch.Tensor,
+def _write_adapted(r: FramesRun, k: int, sample: dict[str, Any], before: torch.Tensor, after: torch.Tensor,
                    history: list[dict], extra: dict[str, Any] | None = None) -> None:
     """Files, TensorBoard and the record of adapted pair ``k`` (flows 2 x H x W at full resolution)."""
-    from mlof.commands.pretrain import panel
 
     stem = output_stem(sample, k)
     totals = [h.get("total") for h in history if h.get("total") is not None]
     rec = {"pair": int((sample.get("meta") or {}).get("index", k)), "position": k, "stem": stem,
-           "epe_before": _epe(before, sample), "epe_after": _epe(after, sample),
+           "epe_before": pair_epe(before, sample), "epe_after": pair_epe(after, sample),
            "loss_first": finite_or_none(totals[0]) if totals else None,
            "loss_last": finite_or_none(totals[-1]) if totals else None,
            "steps": max([int(h.get("step", 0)) for h in history], default=0),   # steps taken
@@ -186,12 +84,12 @@ def _write_adapted(r: _Run, k: int, sample: dict[str, Any], before: torch.Tensor
     r.run.log_scalars(k, _adapt_scalars(rec), prefix="adapt/")
     if k < r.obj.tensorboard_images:
         batch = {key: (v[None] if isinstance(v, torch.Tensor) else v) for key, v in sample.items()}
-        r.run.log_image(k, "adapt/before", panel(batch, before[None]))
-        r.run.log_image(k, "adapt/after", panel(batch, after[None]))
+        r.run.log_image(k, "adapt/before", batch_panel(batch, before[None]))
+        r.run.log_image(k, "adapt/after", batch_panel(batch, after[None]))
     r.store.finish(k, rec)
 
 
-def _adapt_options(r: _Run) -> dict[str, Any]:
+def _adapt_options(r: FramesRun) -> dict[str, Any]:
     """``options`` without ``iters`` (checked against ``iters`` in ``_setup``; passed separately)."""
     return {k: v for k, v in dict(r.obj.options).items() if k != "iters"}
 
@@ -200,9 +98,8 @@ def run_adapt(cfg: DictConfig, progress: bool = True, resume: bool = False, over
               ) -> dict[str, Any]:
     """Meta-inference over the input, streaming every pair's outputs; returns (and writes to
     ``metrics.json``) the per-pair and mean EPEs before and after adaptation."""
-    from mlof.commands.evaluate import adapt_predict
 
-    r = _setup(cfg, resume, overwrite)
+    r = open_frames_run(cfg, resume, overwrite)
     n = len(r.pairs)
     options = _adapt_options(r)
     model = r.model
@@ -210,7 +107,7 @@ def run_adapt(cfg: DictConfig, progress: bool = True, resume: bool = False, over
     if r.obj.online:
         _adapt_online(r, model, options, resume, progress)
     else:
-        todo = _todo(r.store, n, resume)
+        todo = pairs_to_do(r.store, n, resume)
         for k in tqdm(todo, desc="adapt (per pair)", disable=not progress, total=n, initial=n - len(todo)):
             sample = r.pairs[k]
             seed_everything(pair_seed(r.obj.seed, k))
@@ -233,13 +130,10 @@ def run_adapt(cfg: DictConfig, progress: bool = True, resume: bool = False, over
     return summary
 
 
-def _adapt_online(r: _Run, model: torch.nn.Module, options: dict[str, Any], resume: bool, progress: bool) -> None:
+def _adapt_online(r: FramesRun, model: torch.nn.Module, options: dict[str, Any], resume: bool, progress: bool) -> None:
     """Online adaptation along the input's frames, one pair at a time. After every pair the carried weights
     go to ``state/online.pt`` (written after the pair's record), so ``--resume`` continues from the last
     finished pair with the same weights; the adapter's per-pair lists are emptied (bounded memory)."""
-    from backbones.base import InputPadder
-    from mlof.api import OnlineAdapter
-    from mlof.meta.tta import restore, snapshot
 
     n = len(r.pairs)
     adapter = OnlineAdapter(model, device=r.device, iters=r.iters, **options)
@@ -276,42 +170,14 @@ def _adapt_online(r: _Run, model: torch.nn.Module, options: dict[str, Any], resu
                                     "last_steps": adapter.last_steps})
 
 
-def run_infer(cfg: DictConfig, progress: bool = True, resume: bool = False, overwrite: bool = False
-              ) -> dict[str, Any]:
-    """Predict every pair of the input, streaming flow files, colour images, panels and per-pair records."""
-    from mlof.commands.evaluate import forward_interpolate, predict, same_sequence
-
-    r = _setup(cfg, resume, overwrite)
-    if resume and r.obj.warm_start:
-        raise ConfigError("warm_start=true runs cannot be resumed (each pair starts from the previous one's flow)")
-    model = r.model
-    n = len(r.pairs)
-    t0 = time.perf_counter()
-    low, prev_meta = None, None
-    todo = _todo(r.store, n, resume)
-    for k in tqdm(todo, desc="infer", disable=not progress, total=n, initial=n - len(todo)):
-        sample = r.pairs[k]
-        img1, img2 = sample["img1"][None].to(r.device), sample["img2"][None].to(r.device)
-        size = tuple(img1.shape[-2:])
-        s1, s2 = r.plan.images(img1, img2)
-        meta = sample.get("meta") or {}
-        warm = r.obj.warm_start and low is not None and same_sequence(prev_meta, meta)
-        init = forward_interpolate(low[0])[None] if warm else None
-        out = predict(model, s1, s2, iters=r.iters, padding=r.padding, flow_init=init)
-        low, prev_meta = out.flow_low, meta
-        flow = r.plan.flow_back(out.flow, size)[0]
-        stem = output_stem(sample, k)
-        r.store.write_flow(stem, flow)
-        r.store.write_panel(stem, sample, flow)
-        r.store.finish(k, {"pair": int(meta.get("index", k)), "position": k, "stem": stem,
-                           "epe": _epe(flow, sample)})
-    records = list(r.store.records(n))
-    seconds = time.perf_counter() - t0
-    summary = {"input": r.what, "pairs": n, "iters": r.iters, "padding": r.padding, "resize": r.plan.resize,
-               "max_side": r.plan.max_side, "epe": mean_of([x["epe"] for x in records]),
-               "scored_pairs": sum(x["epe"] is not None for x in records), "seconds": seconds,
-               "seconds_per_pair": seconds / max(1, len(todo)), "run_dir": str(r.run.path),
-               "flows": str(r.run.path / "flows"), "per_pair": records}
-    r.run.write_metrics(summary)
-    r.run.close()
-    return summary
+def main(cfg: DictConfig, progress: bool = True) -> int:
+    """``mlof adapt``: run meta-inference and print the EPE before / after adaptation."""
+    s = run_adapt(cfg, progress=progress, resume=cfg.resume, overwrite=cfg.overwrite)
+    say(f"adapt ({s['mode']}) on {s['input']}: {s['pairs']} pair(s), iters {s['iters']}, padding "
+        f"{s['padding']}, {s['seconds']:.1f} s")
+    if s["scored_pairs"]:
+        say(f"  EPE before adaptation: {fmt(s['epe_before'])} px")
+        say(f"  EPE after adaptation:  {fmt(s['epe_after'])} px   (mean over {s['scored_pairs']} pair(s) "
+            f"with ground truth)")
+    say(f"  outputs: {s['run_dir']}  (flows/, flows_before/, images/, metrics.json, TensorBoard events)")
+    return 0

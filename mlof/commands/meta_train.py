@@ -11,13 +11,16 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable
 
 import torch
+from omegaconf import DictConfig
 
+from mlof.commands.report import report_training
 from mlof.commands.setup import build_data, build_model
 from mlof.config import ConfigError, DataConfig, LogConfig, ModelConfig, RunConfig
 from mlof.data import Task, TaskSampler
 from mlof.meta.trainer import MLOFTrainer
 from mlof.train.distributed import DistContext, reduce_metrics, sync_gradients
 from mlof.train.engine import StepOutput
+from mlof.train.runner import run_training
 from mlof.viz import batch_panel
 
 __all__ = ["MetaConfig", "MetaTrainConfig", "MetaTrainJob"]
@@ -119,3 +122,10 @@ class MetaTrainJob:
 
     def load_state_dict(self, ckpt: dict[str, Any]) -> None:
         self.trainer.load_state_dict(ckpt["optimizer"])
+
+
+def main(cfg: DictConfig, progress: bool = True) -> int:
+    """``mlof meta-train``: meta-train (one process or one torchrun rank) and print where the run went."""
+    report_training("meta-train", run_training(MetaTrainJob, cfg, resume=cfg.resume, overwrite=cfg.overwrite,
+                                               progress=progress))
+    return 0

@@ -11,9 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import torch
+from omegaconf import DictConfig
 from torch import nn
 
 from mlof import losses
+from mlof.commands.report import report_training
 from mlof.commands.setup import PYRAMID_NETWORKS, build_data, build_model
 from mlof.config import ConfigError, DataConfig, LogConfig, ModelConfig, RunConfig
 from mlof.data import build_loader
@@ -23,6 +25,7 @@ from mlof.metrics import flow_metrics
 from mlof.optim import build_optimizer, onecycle
 from mlof.train.distributed import DistContext, all_ranks_true, reduce_metrics, sync_gradients
 from mlof.train.engine import StepOutput
+from mlof.train.runner import run_training
 from mlof.viz import batch_panel
 
 __all__ = ["OptimConfig", "PretrainConfig", "PretrainJob", "optimizer_for", "freeze_batchnorm", "loss_total"]
@@ -169,3 +172,10 @@ class PretrainJob:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scheduler is not None and ckpt.get("scheduler") is not None:
             self.scheduler.load_state_dict(ckpt["scheduler"])
+
+
+def main(cfg: DictConfig, progress: bool = True) -> int:
+    """``mlof pretrain``: train (one process or one torchrun rank) and print where the run went."""
+    report_training("pretrain", run_training(PretrainJob, cfg, resume=cfg.resume, overwrite=cfg.overwrite,
+                                             progress=progress))
+    return 0

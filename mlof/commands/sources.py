@@ -1,4 +1,4 @@
-"""Where the frames of ``mlof adapt`` / ``mlof infer`` come from, and the shipped default checkpoint.
+"""Where the frames of ``mlof adapt`` / ``mlof infer`` come from.
 
 An input is one of:
 
@@ -11,32 +11,34 @@ An input is one of:
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["DEFAULT_CHECKPOINT", "resolve_checkpoint", "open_pairs", "pairs_to_frames", "VIDEO_EXTENSIONS"]
+from mlof.commands.evaluate import protocol_for
+from mlof.commands.setup import build_data, build_model, check_adapt_options, is_real_input, warn_if_demo_model
+from mlof.config import ConfigError
+from mlof.data import build_dataset
+from mlof.io import read_image
+from mlof.metrics import epe
+from mlof.runs.outputs import PairStore, ResizePlan, finite_or_none, flow_format_for, open_streaming_run
+from mlof.runs.rundir import RunDir
+from mlof.samples import sample_clip
+from mlof.seeding import seed_everything
+from mlof.train.distributed import resolve_device
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_CHECKPOINT = REPO_ROOT / "checkpoints" / "mlof_default.pt"
+__all__ = ["open_pairs", "pairs_to_frames", "VIDEO_EXTENSIONS", "DEFAULT_ITERS", "PairSelection", "FramesRun",
+           "open_frames_run", "pair_epe", "pairs_to_do"]
+
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
-
-
-def resolve_checkpoint(path: str | None) -> str | None:
-    """``"default"`` -> the shipped ``checkpoints/mlof_default.pt`` (error if absent); other values unchanged."""
-    if path != "default":
-        return path
-    if not DEFAULT_CHECKPOINT.is_file():
-        raise FileNotFoundError(f"the default checkpoint {DEFAULT_CHECKPOINT} is missing (it ships with the "
-                                f"repository; see checkpoints/README.md), or give model.checkpoint=PATH")
-    return str(DEFAULT_CHECKPOINT)
+DEFAULT_ITERS = 12   # frames, folders and videos (datasets: their evaluation protocol's iterations)
 
 
 def _clip_pairs() -> list[dict[str, Any]]:
-    from mlof.samples import sample_clip
-
     clip = sample_clip()
     frames = clip["frames"]
     pairs = []
@@ -51,8 +53,6 @@ def _clip_pairs() -> list[dict[str, Any]]:
 
 
 def _image_pairs(files: Sequence[str]) -> list[dict[str, Any]]:
-    from mlof.io import read_image
-
     paths = [Path(f) for f in files]
     for p in paths:
         if not p.is_file():
@@ -70,8 +70,6 @@ def _image_pairs(files: Sequence[str]) -> list[dict[str, Any]]:
 def open_pairs(input: Any = None, data: Any = None) -> tuple[Sequence[dict[str, Any]], str]:
     """The frame pairs of an input (see module docstring) and a short description of it."""
     if data is not None:
-        from mlof.commands.setup import build_data
-
         return build_data(data), f"dataset {data.name}"
     if input is None or input == "clip":
         return _clip_pairs(), "the bundled sample clip (Sintel alley_1 crop)"
@@ -83,8 +81,6 @@ def open_pairs(input: Any = None, data: Any = None) -> tuple[Sequence[dict[str, 
                 raise ValueError("input: give at least two image files, a folder or a video")
             return _image_pairs([str(x) for x in input]), f"{len(input)} image files"
     path = Path(str(input))
-    from mlof.data import build_dataset
-
     if path.is_dir():
         return build_dataset("folder", str(path)), f"folder {path}"
     if path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS:
@@ -103,3 +99,85 @@ def pairs_to_frames(pairs: Sequence[dict[str, Any]], limit: int = 0) -> list[tor
     if n:
         frames.append(pairs[n - 1]["img2"])
     return frames
+
+
+class PairSelection:
+    """A selection of an input's pairs (keeps the rest unloaded)."""
+
+    def __init__(self, pairs: Sequence[dict[str, Any]], index: list[int]):
+        self.pairs, self.index = pairs, index
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.pairs[self.index[i]]
+
+
+@dataclass
+class FramesRun:
+    """What ``adapt`` and ``infer`` work with once their configuration, input and weights are checked."""
+
+    obj: Any
+    device: torch.device
+    run: RunDir
+    pairs: Sequence[dict[str, Any]]
+    what: str
+    store: PairStore
+    plan: ResizePlan
+    iters: int
+    padding: str
+    model: torch.nn.Module
+
+
+def open_frames_run(cfg: DictConfig, resume: bool, overwrite: bool) -> FramesRun:
+    """Check ``cfg`` of ``adapt`` / ``infer``, open its input and network, then (only then) its run folder."""
+    obj = OmegaConf.to_object(cfg)
+    dataset = obj.data.name if obj.data is not None else None
+    fmt = flow_format_for(obj.flow_format, dataset)
+    plan = ResizePlan(obj.resize, obj.max_side)
+    proto = protocol_for(dataset) if dataset else None
+    iters = obj.iters if obj.iters is not None else (proto.iters if proto else DEFAULT_ITERS)
+    padding = obj.padding if obj.padding is not None else (proto.padding if proto else "sintel")
+    if padding not in ("sintel", "kitti"):
+        raise ConfigError(f"padding: {padding!r} is not one of sintel, kitti")
+    if not isinstance(iters, int) or iters < 1:
+        raise ConfigError(f"iters: must be an integer >= 1, got {iters!r}")
+    device = resolve_device(obj.device)
+    seed_everything(obj.seed)
+    pairs, what = open_pairs(obj.input, obj.data)
+    if len(pairs) == 0:
+        raise ValueError(f"input: {what} has no frame pairs")
+    if obj.pairs:
+        bad = [i for i in obj.pairs if not 0 <= int(i) < len(pairs)]
+        if bad:
+            raise ConfigError(f"pairs: {bad} out of range for the {len(pairs)} pairs of {what}")
+        pairs = PairSelection(pairs, [int(i) for i in obj.pairs])
+    if obj.max_pairs:
+        pairs = PairSelection(pairs, list(range(min(obj.max_pairs, len(pairs)))))
+    if getattr(obj, "online", False) and obj.data is not None:
+        raise ConfigError("online: adapting along a sequence needs consecutive frames (input=folder/video/"
+                          "clip), not a dataset of independent pairs")
+    if "iters" in getattr(obj, "options", {}) and obj.options["iters"] != iters:
+        raise ConfigError(f"options.iters ({obj.options['iters']}) differs from iters ({iters}): before and after "
+                          f"are scored at one setting; set iters= instead")
+    if getattr(obj, "options", None) is not None:   # adapt: its options are checked before anything is written
+        check_adapt_options(obj.options, online=bool(getattr(obj, "online", False)))
+    model = build_model(obj.model, device).eval()
+    if is_real_input(obj):
+        warn_if_demo_model(obj.model.checkpoint)
+    # nothing is written before the configuration, the input and the weights have been checked
+    run, store = open_streaming_run(cfg, obj, fmt, resume=resume, overwrite=overwrite)
+    return FramesRun(obj, device, run, pairs, what, store, plan, iters, padding, model)
+
+
+def pair_epe(flow: torch.Tensor, sample: dict[str, Any]) -> float | None:
+    """EPE of ``flow`` (2 x H x W) against the sample's ground truth; None without ground truth or when not finite."""
+    if "flow" not in sample:
+        return None
+    return finite_or_none(epe(flow.detach().cpu(), sample["flow"], sample.get("valid")))
+
+
+def pairs_to_do(store: PairStore, n: int, resume: bool) -> list[int]:
+    """Positions still to compute (all, or on ``resume`` those without a finished record)."""
+    return [k for k in range(n) if not resume or store.done(k) is None]

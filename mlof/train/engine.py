@@ -23,9 +23,9 @@ from tqdm import tqdm
 
 from mlof.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from mlof.config import LogConfig, diff_keys
-from mlof.train.distributed import DistContext, barrier
 from mlof.runs.rundir import RunDir
 from mlof.seeding import capture_rng, restore_rng, seed_step
+from mlof.train.distributed import DistContext, barrier
 
 __all__ = ["StepOutput", "TrainingJob", "ResumeError", "fit", "RESUME_FREE_KEYS"]
 

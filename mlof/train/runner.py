@@ -6,10 +6,10 @@ from typing import Any, Callable
 from omegaconf import DictConfig, OmegaConf
 
 from mlof.config import to_dict
-from mlof.train.distributed import DistContext, broadcast_module, init_distributed
-from mlof.train.engine import TrainingJob, fit
 from mlof.runs.rundir import RunDir
 from mlof.seeding import seed_everything
+from mlof.train.distributed import DistContext, broadcast_module, init_distributed
+from mlof.train.engine import TrainingJob, fit
 
 __all__ = ["run_training"]
 
