@@ -33,6 +33,7 @@ from torch import nn
 from tqdm import tqdm
 
 from backbones.base import FlowOutput, InputPadder
+import mlof
 from mlof.commands.report import say
 from mlof.commands.setup import build_data, build_model, check_adapt_options, is_real_input, warn_if_demo_model
 from mlof.config import ConfigError, DataConfig, ModelConfig, RunConfig
@@ -118,8 +119,6 @@ def adapt_predict(model: nn.Module, img1: torch.Tensor, img2: torch.Tensor, *, i
     as ``predict`` pads them (``padding`` mode, multiple of 8), ``mlof.adapt`` runs with ``iters`` and
     ``options``, and both flows are cropped back. Returns ``(before, after, history)`` with flows 1 x 2 x H x W:
     the unadapted and the adapted prediction at the same iterations and padding."""
-    import mlof
-
     if "iters" in options:
         raise ValueError("adapt_predict: give the iterations as iters=, not among the mlof.adapt options")
     padder = InputPadder(img1.shape, mode=padding)
