@@ -17,7 +17,8 @@ _LAZY = {
     "OnlineAdapter": ("mlof.api", "OnlineAdapter"),
     "load": ("mlof.checkpoint", "load"),
 }
-_SUBMODULES = {"io", "metrics", "viz", "losses", "data", "meta", "api", "checkpoint", "cli", "train", "samples", "utils"}
+_SUBMODULES = {"io", "metrics", "viz", "losses", "data", "meta", "api", "checkpoint", "cli", "commands", "config",
+               "optim", "runs", "seeding", "train", "samples", "utils"}
 
 
 def __getattr__(name: str):

@@ -11,7 +11,7 @@ A checkpoint is a plain dict (every value a tensor, number, string, list or dict
     step        int                  optimizer steps done
     optimizer   optimizer.state_dict()
     scheduler   scheduler.state_dict() or None
-    rng         {"torch", "numpy", "python", "cuda"}  (see mlof.train.seeding.capture_rng)
+    rng         {"torch", "numpy", "python", "cuda"}  (see mlof.seeding.capture_rng)
     recipe      the resolved run configuration (plain dict)
     metrics     last logged metrics (plain dict)
     image_range [0, 255]: the value range of the images it was trained on (a different one gives a warning)

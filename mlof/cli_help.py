@@ -15,6 +15,7 @@ import typing
 from typing import Any
 
 import yaml
+from omegaconf import OmegaConf
 
 __all__ = ["HELP", "EXAMPLES", "key_help", "annotated_listing", "flat_keys", "examples_text"]
 
@@ -280,7 +281,6 @@ def flat_keys(container: dict, prefix: str = "") -> list[str]:
 
 def annotated_listing(sub: str, defaults: Any) -> str:
     """Every key of ``sub`` with its default and its help line, nested as the YAML of a recipe."""
-    from omegaconf import OmegaConf
 
     container = OmegaConf.to_container(OmegaConf.structured(defaults), resolve=True)
     lines: list[str] = []

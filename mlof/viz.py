@@ -14,9 +14,9 @@ import cv2
 import numpy as np
 import torch
 
-from mlof.metrics import FL_ABS_THRESH, FL_REL_THRESH, to_flow_batch, to_mask_batch
+from mlof.metrics import FL_ABS_THRESH, FL_REL_THRESH, epe, to_flow_batch, to_mask_batch
 
-__all__ = ["colorwheel", "flow_to_rgb", "error_map", "flow_panel", "color_key", "series_plot", "to_tensorboard",
+__all__ = ["colorwheel", "flow_to_rgb", "error_map", "flow_panel", "batch_panel", "color_key", "series_plot", "to_tensorboard",
            "KITTI_ERROR_COLORS"]
 
 _UNKNOWN = 1e9
@@ -235,7 +235,6 @@ def flow_panel(frames: Sequence[Any] | Any, flow: Any, gt: Any = None, valid: An
         ref = f if gt is None else _flows_hw2(gt)[0]
         rad = np.sqrt((np.where(_known(ref, None)[..., None], ref, 0.0) ** 2).sum(-1))
         max_radius = float(rad.max()) if rad.size and rad.max() > 0 else 1.0
-    from mlof.metrics import epe   # local: only needed here
 
     def scored(x: Any) -> str:
         return f" (EPE {float(epe(x, gt, valid)):.2f} px)" if gt is not None else ""
@@ -268,6 +267,13 @@ def flow_panel(frames: Sequence[Any] | Any, flow: Any, gt: Any = None, valid: An
     hsep = np.zeros((gap, lines[0].shape[1], 3), np.uint8)
     return np.concatenate([x for ln in lines for x in (ln, hsep)][:-1], axis=0)
 
+
+def batch_panel(batch: dict[str, Any], flow: torch.Tensor) -> np.ndarray:
+    """``flow_panel`` of the first sample of a batch (img1 / img2 N x 3 x H x W, optional flow / valid) with its
+    predicted ``flow`` (N x 2 x H x W): frames, prediction, ground truth and error; uint8 H x W x 3."""
+    gt, valid = batch.get("flow"), batch.get("valid")
+    return flow_panel([batch["img1"][0], batch["img2"][0]], flow[0].detach(),
+                      gt=None if gt is None else gt[0], valid=None if valid is None else valid[0])
 
 _SERIES_COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
 

@@ -10,7 +10,7 @@ import torch
 import backbones
 import mlof
 from mlof.checkpoint import CheckpointError, export_weights, load, load_checkpoint, save_checkpoint
-from mlof.train.seeding import capture_rng, restore_rng
+from mlof.seeding import capture_rng, restore_rng
 
 
 @pytest.fixture(scope="module")

@@ -182,9 +182,9 @@ def test_bench_models_synth(tmp_path, capsys):
 def test_demo_model_warning_on_real_input_only():
     # The shipped default checkpoint is a demonstration model: commands running it on real frames say so once.
     from backbones.base import _WARNED
-    from mlof.train.setup import DEMO_MODEL_WARNING, is_real_input, warn_if_demo_model
-    from mlof.train.inference import AdaptConfig
-    from mlof.train.config import DataConfig
+    from mlof.commands.setup import DEMO_MODEL_WARNING, is_real_input, warn_if_demo_model
+    from mlof.commands.adapt import AdaptConfig
+    from mlof.config import DataConfig
     _WARNED.discard("demo-model")
     with pytest.warns(UserWarning, match="demonstration model"):
         assert warn_if_demo_model("default")

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from mlof.cli import COMMANDS, _defaults, main
 from mlof.cli_help import EXAMPLES, annotated_listing, flat_keys, key_help
-from mlof.train.setup import _official_entry
+from mlof.commands.setup import _official_entry
 
 CONFIG_COMMANDS = [c for c in COMMANDS if c != "synth"]
 REPO = Path(__file__).resolve().parents[1]

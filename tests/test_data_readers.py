@@ -203,12 +203,12 @@ def test_indices_crop_and_loader(tmp_path):
     again = build_loader(build_dataset("folder", tmp_path), batch_size=2, shuffle=True, seed=0)
     assert [m for b in again for m in b["meta"]["index"]] == order1          # same seed, same order
     orders = set()
-    for epoch in range(1, 5):
-        loader.set_epoch(epoch)
-        orders.add(tuple(m for b in loader for m in b["meta"]["index"]))
+    for epoch in range(1, 5):   # the plan's epochs: steps 2e, 2e+1 (4 pairs, 2 per step)
+        later = build_loader(build_dataset("folder", tmp_path), batch_size=2, steps=2, start=2 * epoch, seed=0)
+        orders.add(tuple(m for b in later for m in b["meta"]["index"]))
     assert sorted(order1) == list(range(4)) and len(orders) > 1              # epochs reshuffle
-    shards = [[m for b in build_loader(build_dataset("folder", tmp_path), batch_size=1, seed=0, distributed=True,
-                                        rank=r, world_size=2) for m in b["meta"]["index"]] for r in (0, 1)]
+    shards = [[m for b in build_loader(build_dataset("folder", tmp_path), batch_size=2, seed=0, rank=r,
+                                        world_size=2) for m in b["meta"]["index"]] for r in (0, 1)]
     assert sorted(shards[0] + shards[1]) == list(range(4)) and len(shards[0]) == 2
 
 

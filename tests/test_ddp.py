@@ -50,7 +50,7 @@ def _check(kind: str, common: list[str], tmp_path: Path, atol: float, start: dic
 
 def _initial_weights(seed: int = 0) -> dict:
     import backbones
-    from mlof.train.seeding import seed_everything
+    from mlof.seeding import seed_everything
 
     seed_everything(seed)            # what the runner does before building the network
     return backbones.build("raft_small").state_dict()

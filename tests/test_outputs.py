@@ -17,8 +17,8 @@ import torch
 
 from mlof.cli import main
 from mlof.io import read_flow
-from mlof.train.config import ConfigError
-from mlof.train.outputs import ResizePlan, flow_format_for, output_stem
+from mlof.config import ConfigError
+from mlof.runs.outputs import ResizePlan, flow_format_for, output_stem
 from tests._tiny_data import SIZE, sintel_args, tiny_sintel
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -20,7 +20,7 @@ import mlof
 from backbones.base import _WARNED
 from mlof.checkpoint import CheckpointError, CheckpointWriteError, load_checkpoint, save_checkpoint
 from mlof.cli import main
-from mlof.train.rundir import RunDir, RunDirError
+from mlof.runs.rundir import RunDir, RunDirError
 from tests._tiny_data import sintel_args, tiny_sintel
 
 REPO = Path(__file__).resolve().parents[1]

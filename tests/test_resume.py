@@ -6,7 +6,7 @@ import torch
 
 from mlof.checkpoint import load_checkpoint
 from mlof.cli import main
-from mlof.train.pretrain import PretrainJob
+from mlof.commands.pretrain import PretrainJob
 
 from tests._tiny_data import sintel_args, tiny_sintel
 

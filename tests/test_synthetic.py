@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mlof.data import DOMAINS, Domain, build_dataset, get_domain, render_sample, write_tree
-from mlof.data import synth_cli
+from mlof.commands import synth as synth_cli
 from mlof.data.textures import spectral_slope
 
 SIZE = (80, 112)

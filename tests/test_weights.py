@@ -305,8 +305,8 @@ def test_cli_fetch_and_model_checkpoint_name(server, home, monkeypatch, small_ck
     assert main(["fetch", "nope"]) == 2
     assert "unknown weights 'nope'" in capsys.readouterr().err
     # model.checkpoint=<registry name> builds the right network with the fetched weights
-    from mlof.train.config import ModelConfig
-    from mlof.train.setup import build_model
+    from mlof.config import ModelConfig
+    from mlof.commands.setup import build_model
 
     model = build_model(ModelConfig(name=None, checkpoint="raft-small"))
     assert type(model).__name__ == "RAFTSmall"

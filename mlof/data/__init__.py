@@ -5,14 +5,14 @@ Main entry points (see docs/data.md):
     build_augmentor(preset_or_dict, **overrides)                         RAFT-lineage / MLOF augmentation
     split_indices(dataset, split, n_total) / TaskSampler(...)            meta-learning splits and tasks
     Domain, SyntheticFlowDataset, write_tree                              synthetic data with exact flow
-    collate, build_loader, WorkerSeeder                                   batching and worker seeding
+    collate, build_loader, StepPlan, step_loader                           batching: the one (seed, step) data plan
 """
 from __future__ import annotations
 
 from mlof.data.augment import PRESETS, FlowAugmentor, SparseFlowAugmentor, build_augmentor
 from mlof.data.base import DatasetLayoutError, FlowDataset, PairRecord, RecordDataset
 from mlof.data.datasets import DATASETS, available_datasets, build_dataset
-from mlof.data.loaders import FlowLoader, WorkerSeeder, build_loader, collate
+from mlof.data.loaders import SeededSamples, StepPlan, build_loader, collate, step_loader
 from mlof.data.synthetic import DOMAINS, Domain, SyntheticFlowDataset, get_domain, render_sample, write_tree
 from mlof.data.tasks import Split, Task, TaskSampler, published_splits, split_indices
 
@@ -22,5 +22,5 @@ __all__ = [
     "FlowAugmentor", "SparseFlowAugmentor", "build_augmentor", "PRESETS",
     "Split", "Task", "TaskSampler", "split_indices", "published_splits",
     "Domain", "DOMAINS", "get_domain", "SyntheticFlowDataset", "render_sample", "write_tree",
-    "collate", "build_loader", "FlowLoader", "WorkerSeeder",
+    "collate", "build_loader", "StepPlan", "step_loader", "SeededSamples",
 ]

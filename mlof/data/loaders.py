@@ -1,4 +1,16 @@
-"""Batching of flow samples, worker seeding and the DataLoader factory the pipelines use.
+"""Batching and the one data pipeline: a plan that depends only on ``(seed, step)``.
+
+``mlof pretrain``, ``mlof meta-train`` (through :class:`mlof.data.TaskSampler`) and a user's own loop all draw
+their batches here, so the same seed gives the same batches, the same augmentation pixels and therefore the
+same trained weights, whichever of them runs it, however many DataLoader workers or processes it uses and
+wherever a resumed run restarts.
+
+The plan (:class:`StepPlan`): step ``s`` of a run with global batch ``B`` consumes stream positions
+``s*B .. s*B+B-1``; position ``p`` is item ``perm_e[p % N]`` of epoch ``e = p // N`` (``perm_e`` a permutation
+seeded by ``(seed, e)``), drawn under its own sample seed ``(seed, s, j)``. mlof datasets take that seed
+(``dataset[(index, seed)]`` draws the augmentation from it); for any other dataset python's, numpy's and torch's
+global generators are seeded for the call (:class:`SeededSamples`). Under ``torchrun`` each rank takes a
+contiguous share of the ``B`` positions, in whole groups (the pairs of one task).
 
 ``collate(samples, pad=True)``: tensors of equal shape are stacked. When frame sizes differ, ``pad=True``
 pads every spatial tensor at the bottom/right to the largest H x W in the batch (images, flow and masks
@@ -10,14 +22,18 @@ from __future__ import annotations
 
 import functools
 import random
-from typing import Any, Iterator, Sequence, Sized
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
-from torch.utils.data.distributed import DistributedSampler
 
-__all__ = ["collate", "collate_meta", "WorkerSeeder", "SeededRandomSampler", "FlowLoader", "build_loader"]
+from mlof.data.base import FlowDataset
+from mlof.seeding import derive_seed
+
+__all__ = ["collate", "collate_meta", "shard", "StepPlan", "SeededSamples", "StepBatchSampler", "step_loader",
+           "build_loader"]
 
 
 def collate_meta(metas: Sequence[Any]) -> Any:
@@ -63,80 +79,155 @@ def _pad_to(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return torch.nn.functional.pad(x, (0, w - x.shape[-1], 0, h - x.shape[-2])) if x.dim() >= 2 else x
 
 
-class WorkerSeeder:
-    """``worker_init_fn``: seeds python, numpy and torch in worker ``i`` from ``(base_seed, epoch, i)``.
+def shard(n: int, rank: int = 0, world_size: int = 1) -> range:
+    """Rank ``rank``'s contiguous share of ``n`` items (the first ``n % world_size`` ranks get one more)."""
+    base, extra = divmod(n, world_size)
+    start = rank * base + min(rank, extra)
+    return range(start, start + base + (1 if rank < extra else 0))
 
-    mlof datasets do not depend on these global generators (they seed each sample themselves); this keeps
-    user transforms that do draw from them reproducible too, and different across workers and epochs.
+
+class StepPlan:
+    """Which items (position in the dataset, sample seed) step ``step`` uses, globally and on one rank.
+
+    length: items the plan runs over; batch_size: the global batch (all processes together); group: the batch
+    is sharded across processes in whole groups of this many consecutive entries (a task's pairs);
+    shuffle=False: positions in order, epoch after epoch.
     """
 
-    def __init__(self, base_seed: int, epoch: int = 0):
-        self.base_seed, self.epoch = int(base_seed), int(epoch)
+    def __init__(self, length: int, batch_size: int, seed: int, shuffle: bool = True, group: int = 1):
+        if length <= 0:
+            raise ValueError("the training dataset is empty")
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if group <= 0 or batch_size % group:
+            raise ValueError(f"batch_size {batch_size} is not a multiple of the group size {group}")
+        self.length, self.batch_size, self.seed, self.shuffle, self.group = length, batch_size, seed, shuffle, group
+        self._perm_cache: dict[int, list[int]] = {}
 
-    def __call__(self, worker_id: int) -> None:
-        ss = np.random.SeedSequence([self.base_seed & (2 ** 63 - 1), self.epoch, int(worker_id)])
-        s64 = int(ss.generate_state(2, dtype=np.uint64)[0]) & (2 ** 63 - 1)
-        random.seed(s64)
-        np.random.seed(s64 % (2 ** 32))
-        torch.manual_seed(s64)
-        torch.set_num_threads(1)   # workers share the CPU with the main process
+    def _perm(self, epoch: int) -> list[int]:
+        if epoch not in self._perm_cache:
+            if len(self._perm_cache) > 4:
+                self._perm_cache.clear()
+            if self.shuffle:
+                g = torch.Generator().manual_seed(derive_seed(self.seed, epoch, 0xDA7A))
+                self._perm_cache[epoch] = torch.randperm(self.length, generator=g).tolist()
+            else:
+                self._perm_cache[epoch] = list(range(self.length))
+        return self._perm_cache[epoch]
+
+    def global_batch(self, step: int) -> list[tuple[int, int]]:
+        """All ``batch_size`` (position, sample seed) pairs of ``step``."""
+        out = []
+        for j in range(self.batch_size):
+            p = step * self.batch_size + j
+            out.append((self._perm(p // self.length)[p % self.length], derive_seed(self.seed, step, j)))
+        return out
+
+    def local_batch(self, step: int, rank: int = 0, world_size: int = 1) -> list[tuple[int, int]]:
+        """Rank ``rank``'s share of ``step``, in whole groups of ``group`` consecutive entries."""
+        batch, g = self.global_batch(step), self.group
+        return [batch[j * g + i] for j in shard(len(batch) // g, rank, world_size) for i in range(g)]
 
 
-class SeededRandomSampler(Sampler[int]):
-    """A shuffling sampler whose order depends only on ``(seed, epoch)``; ``set_epoch`` as DistributedSampler."""
+class SeededSamples(Dataset):
+    """Item ``(position, seed)`` is sample ``indices[position]`` of ``dataset`` drawn under ``seed``.
 
-    def __init__(self, data_source: Sized, seed: int = 0, shuffle: bool = True):
-        self.n, self.seed, self.shuffle, self.epoch = len(data_source), int(seed), bool(shuffle), 0
+    mlof datasets (``FlowDataset``, or any with ``accepts_seed = True``) take the seed explicitly; for any other
+    dataset python's, numpy's and torch's global generators are seeded for the call. The caller's random
+    streams are restored afterwards in both cases.
+    """
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+    def __init__(self, dataset: Dataset, indices: Sequence[int] | None = None):
+        self.dataset = dataset
+        self.indices = None if indices is None else [int(i) for i in indices]
+        self._explicit = isinstance(dataset, FlowDataset) or bool(getattr(dataset, "accepts_seed", False))
 
     def __len__(self) -> int:
-        return self.n
+        return len(self.indices) if self.indices is not None else len(self.dataset)  # type: ignore[arg-type]
 
-    def __iter__(self) -> Iterator[int]:
-        if not self.shuffle:
-            return iter(range(self.n))
-        state = np.random.SeedSequence([self.seed & (2 ** 63 - 1), self.epoch]).generate_state(1, np.uint64)
-        g = torch.Generator().manual_seed(int(state[0]) & (2 ** 62 - 1))
-        return iter(torch.randperm(self.n, generator=g).tolist())
-
-
-class FlowLoader(DataLoader):
-    """A DataLoader with ``set_epoch(epoch)`` that reaches the sampler, the dataset and the worker seeder."""
-
-    def set_epoch(self, epoch: int) -> None:
-        sampler = self.sampler
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
-        if hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(epoch)
-        if isinstance(self.worker_init_fn, WorkerSeeder):
-            self.worker_init_fn.epoch = int(epoch)
+    def __getitem__(self, item: tuple[int, int]) -> Any:
+        position, seed = item
+        index = self.indices[position] if self.indices is not None else position
+        py_state, np_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            random.seed(seed)
+            np.random.seed(seed % (1 << 32))
+            torch.manual_seed(seed)
+            try:
+                return self.dataset[(index, seed)] if self._explicit else self.dataset[index]
+            finally:
+                random.setstate(py_state)
+                np.random.set_state(np_state)
 
 
-def build_loader(dataset: Dataset, batch_size: int = 1, shuffle: bool = True, seed: int = 0,
-                 num_workers: int = 0, distributed: bool = False, drop_last: bool = False,
-                 pad: bool = True, pin_memory: bool = False, rank: int | None = None,
-                 world_size: int | None = None) -> FlowLoader:
-    """The loader the pipelines use: seeded order (``DistributedSampler`` when ``distributed``), :func:`collate`
-    (with ``pad``), :class:`WorkerSeeder`. Call ``loader.set_epoch(e)`` before each epoch for a new order and
-    new augmentation draws; workers are not persistent, so the dataset's epoch reaches them.
-    ``rank`` / ``world_size`` default to the initialised process group's (``distributed=True``).
+class StepBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Yields rank ``rank``'s batch of steps ``start .. stop-1`` of a ``StepPlan``."""
+
+    def __init__(self, plan: StepPlan, start: int, stop: int, rank: int = 0, world_size: int = 1):
+        self.plan, self.start, self.stop, self.rank, self.world_size = plan, start, stop, rank, world_size
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for step in range(self.start, self.stop):
+            yield self.plan.local_batch(step, self.rank, self.world_size)
+
+
+def worker_init(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn`` of the plan's loaders."""
+    # Samples are seeded one by one (SeededSamples); only keep worker threads from oversubscribing the CPU.
+    torch.set_num_threads(1)
+
+
+def step_loader(dataset: Dataset, plan: StepPlan, start: int = 0, stop: int | None = None,
+                collate_fn: Callable[[Sequence[Any]], Any] = collate, num_workers: int = 0,
+                rank: int = 0, world_size: int = 1, indices: Sequence[int] | None = None,
+                pin_memory: bool = False) -> DataLoader:
+    """A DataLoader over steps ``start .. stop-1`` of ``plan`` (``stop`` None: one epoch's worth of steps);
+    batch k is rank ``rank``'s share of step ``start + k``. ``indices``: the plan runs over these dataset
+    indices only (a split), else over the whole dataset."""
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    if stop is None:
+        stop = start + -(-plan.length // plan.batch_size)
+    return DataLoader(SeededSamples(dataset, indices),
+                      batch_sampler=StepBatchSampler(plan, start, stop, rank, world_size),
+                      collate_fn=collate_fn, num_workers=num_workers,
+                      worker_init_fn=worker_init if num_workers > 0 else None, pin_memory=pin_memory,
+                      persistent_workers=False)
+
+
+def _process_group(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    if rank is not None and world_size is not None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in 0 .. world_size-1 ({world_size - 1}), got {rank}")
+        return rank, world_size
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def build_loader(dataset: Dataset, batch_size: int = 1, steps: int | None = None, start: int = 0,
+                 seed: int = 0, shuffle: bool = True, num_workers: int = 0, pad: bool = True,
+                 indices: Sequence[int] | None = None, pin_memory: bool = False, rank: int | None = None,
+                 world_size: int | None = None) -> DataLoader:
+    """The loader ``mlof pretrain`` uses: steps ``start .. start+steps-1`` of ``StepPlan(len, batch_size, seed,
+    shuffle)`` over ``dataset`` (or its ``indices``), batched by :func:`collate` (with ``pad``).
+
+    ``batch_size`` is the global batch: with ``rank`` / ``world_size`` (default: the initialised process
+    group's, else 0 / 1) each process gets its contiguous share. ``steps`` None: one epoch's worth of steps
+    (``ceil(N / batch_size)``; the last batch is completed from the next epoch's order). Every batch is full.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if num_workers < 0:
-        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-    if len(dataset) == 0:  # type: ignore[arg-type]
+    if steps is not None and steps < 0:
+        raise ValueError(f"steps must be >= 0 or None, got {steps}")
+    n = len(indices) if indices is not None else len(dataset)  # type: ignore[arg-type]
+    if n == 0:
         raise ValueError("build_loader: the dataset is empty")
-    sampler: Sampler[int]
-    if distributed:
-        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed,
-                                     drop_last=drop_last)
-    else:
-        sampler = SeededRandomSampler(dataset, seed=seed, shuffle=shuffle)
-    return FlowLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      collate_fn=functools.partial(collate, pad=pad),
-                      worker_init_fn=WorkerSeeder(seed) if num_workers > 0 else None, drop_last=drop_last,
-                      pin_memory=pin_memory, persistent_workers=False)
+    rank, world_size = _process_group(rank, world_size)
+    plan = StepPlan(n, batch_size, seed, shuffle=shuffle)
+    stop = None if steps is None else start + steps
+    return step_loader(dataset, plan, start, stop, functools.partial(collate, pad=pad), num_workers, rank,
+                       world_size, indices, pin_memory)

@@ -12,17 +12,23 @@ meta-train and evaluation pair indices of a dataset:
   permutation seeded 0 -> meta-train = that fold, evaluation = the rest;
   ``"n=20,seed=0"``: meta-train = 20 pairs drawn without replacement with that seed, evaluation = the rest.
 
-All index lists are returned sorted. :class:`TaskSampler` turns the meta-train indices into batches of tasks.
+All index lists are returned sorted. :class:`TaskSampler` turns the meta-train indices into batches of tasks, through
+the same ``(seed, step)`` plan as every loader (:mod:`mlof.data.loaders`): it is what ``mlof meta-train`` draws its
+tasks from.
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+from torch.utils.data import DataLoader, Sampler
 
 from mlof.data import mlof_splits as pub
+from mlof.data.loaders import SeededSamples, StepPlan, collate, shard, worker_init
+from mlof.seeding import derive_seed
 
 __all__ = ["Split", "split_indices", "published_splits", "Task", "TaskSampler"]
 
@@ -136,26 +142,32 @@ def _general(key: str, text: str, n_total: int | None) -> Split:
 # ----------------------------------------------------------------------------------------------------- tasks
 @dataclass
 class Task:
-    """One task: dataset indices and the loaded samples (same order)."""
+    """One task: dataset indices, the sample seed of each pair, and the loaded samples (same order)."""
 
     indices: list[int]
     samples: list[dict[str, Any]] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
 
     def collated(self, pad: bool = True) -> dict[str, Any]:
-        """The task's pairs as one batch (:func:`mlof.data.collate`)."""
-        from mlof.data.loaders import collate
-
+        """The task's pairs as one batch (:func:`mlof.data.collate`): img1 / img2 k x 3 x H x W, flow k x 2 x H x W."""
         return collate(self.samples, pad=pad)
 
 
 class TaskSampler:
-    """Yields batches of tasks from ``dataset`` (optionally restricted to ``indices``, e.g. ``split.train``).
+    """Batches of tasks from ``dataset`` (optionally restricted to ``indices``, e.g. ``split.train``): the tasks of
+    ``mlof meta-train``.
 
-    Every epoch the pool is shuffled with a generator seeded by ``(seed, epoch)`` (``reshuffle=False``: one
-    shuffle, the same batches every epoch, as the MLOF release does), cut into tasks of ``pairs_per_task``
-    pairs (``group_by="scene"``: the pairs of a task come from one scene, read from ``meta(i)["scene"]``),
-    and tasks into batches of ``tasks_per_batch``. ``drop_last`` drops an incomplete last batch;
-    ``load=False`` yields tasks with indices only. ``len()`` = batches per epoch.
+    Batch ``s`` (an outer step) holds ``tasks_per_batch`` tasks of ``pairs_per_task`` pairs. They come from the
+    ``(seed, step)`` plan of :mod:`mlof.data.loaders` over the pool: ``StepPlan(len(pool), tasks_per_batch *
+    pairs_per_task, seed, group=pairs_per_task)``, a task being ``pairs_per_task`` consecutive entries of the
+    step's batch, every pair loaded under its own sample seed. ``group_by="scene"``: the pairs of a task are
+    consecutive pairs of one scene (``meta(i)["scene"]``); the plan then runs over those fixed tasks.
+
+    Iterating yields the batches of the current epoch: steps ``epoch * len(self) .. (epoch + 1) * len(self) - 1``
+    (``set_epoch``; ``reshuffle=False``: always the first ``len(self)`` steps, the release's fixed batches).
+    ``len()`` = ceil(tasks in the pool / tasks_per_batch) (floor with ``drop_last``); every batch is full.
+    ``load=False`` yields tasks with indices and seeds only. :meth:`loader` gives any range of steps as a
+    DataLoader (workers, one process's share under torchrun).
     """
 
     def __init__(self, dataset: Any, pairs_per_task: int = 1, tasks_per_batch: int = 5, seed: int = 0,
@@ -177,37 +189,77 @@ class TaskSampler:
         self.seed, self.reshuffle, self.drop_last, self.group_by, self.load = seed, reshuffle, drop_last, \
             group_by, load
         self.epoch = 0
+        k = pairs_per_task
+        if group_by == "scene":
+            groups: dict[str, list[int]] = {}
+            for i in self.pool:
+                groups.setdefault(str(dataset.meta(i)["scene"]), []).append(i)
+            self.units = [members[j:j + k] for scene in sorted(groups) for members in [groups[scene]]
+                          for j in range(0, len(members) - k + 1, k)]
+            if not self.units:
+                raise ValueError(f"no scene has {k} pairs to make a task")
+            self.plan = StepPlan(len(self.units), tasks_per_batch, seed)
+        else:
+            self.units = None
+            self.plan = StepPlan(len(self.pool), tasks_per_batch * k, seed, group=k)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def _rng(self) -> np.random.Generator:
-        return np.random.default_rng([int(self.seed), self.epoch if self.reshuffle else 0])
-
-    def task_indices(self) -> list[list[int]]:
-        """The tasks (lists of dataset indices) of the current epoch, in order."""
-        rng = self._rng()
-        k = self.pairs_per_task
-        if self.group_by == "scene":
-            groups: dict[str, list[int]] = {}
-            for i in self.pool:
-                groups.setdefault(str(self.dataset.meta(i)["scene"]), []).append(i)
-            tasks = []
-            for scene in sorted(groups):
-                members = [groups[scene][j] for j in rng.permutation(len(groups[scene]))]
-                tasks += [members[j:j + k] for j in range(0, len(members) - k + 1, k)]
-            return [tasks[j] for j in rng.permutation(len(tasks))]
-        order = [self.pool[j] for j in rng.permutation(len(self.pool))]
-        return [order[j:j + k] for j in range(0, len(order) - k + 1, k)]
-
     def __len__(self) -> int:
-        n = len(self.task_indices())
+        n = len(self.units) if self.units is not None else len(self.pool) // self.pairs_per_task
         return n // self.tasks_per_batch if self.drop_last else -(-n // self.tasks_per_batch)
 
+    def step_pairs(self, step: int, rank: int = 0, world_size: int = 1) -> list[list[tuple[int, int]]]:
+        """The tasks of outer step ``step`` (this rank's share): per task its (dataset index, sample seed) pairs."""
+        k = self.pairs_per_task
+        if self.units is None:
+            batch = self.plan.local_batch(step, rank, world_size)
+            flat = [(self.pool[p], s) for p, s in batch]
+            return [flat[j:j + k] for j in range(0, len(flat), k)]
+        batch = self.plan.global_batch(step)
+        return [[(i, derive_seed(s, m)) for m, i in enumerate(self.units[u])]
+                for u, s in (batch[j] for j in shard(len(batch), rank, world_size))]
+
+    def loader(self, start: int = 0, stop: int | None = None, num_workers: int = 0, rank: int = 0,
+               world_size: int = 1) -> DataLoader:
+        """Steps ``start .. stop-1`` (``stop`` None: ``start + len(self)``) as a DataLoader of lists of loaded
+        ``Task`` (rank ``rank``'s share of each step; ``num_workers`` load in parallel, same samples)."""
+        stop = start + len(self) if stop is None else stop
+        return DataLoader(_IndexedSamples(self.dataset), batch_sampler=_TaskSteps(self, start, stop, rank, world_size),
+                          collate_fn=functools.partial(_to_tasks, k=self.pairs_per_task), num_workers=num_workers,
+                          worker_init_fn=worker_init if num_workers > 0 else None, persistent_workers=False)
+
     def __iter__(self) -> Iterator[list[Task]]:
-        tasks = self.task_indices()
-        for j in range(0, len(tasks), self.tasks_per_batch):
-            chunk = tasks[j:j + self.tasks_per_batch]
-            if self.drop_last and len(chunk) < self.tasks_per_batch:
-                return
-            yield [Task(list(t), [self.dataset[i] for i in t] if self.load else []) for t in chunk]
+        start = self.epoch * len(self) if self.reshuffle else 0
+        if not self.load:
+            for step in range(start, start + len(self)):
+                yield [Task([i for i, _ in t], [], [s for _, s in t]) for t in self.step_pairs(step)]
+            return
+        yield from self.loader(start)
+
+
+class _IndexedSamples(SeededSamples):
+    """``(index, seed)`` -> ``(index, seed, sample)`` (the task keeps which pairs it holds)."""
+
+    def __getitem__(self, item: tuple[int, int]) -> Any:
+        return item[0], item[1], super().__getitem__(item)
+
+
+class _TaskSteps(Sampler[list[tuple[int, int]]]):
+    """Yields the (index, seed) pairs of steps ``start .. stop-1`` of a TaskSampler, flattened."""
+
+    def __init__(self, sampler: TaskSampler, start: int, stop: int, rank: int, world_size: int):
+        self.sampler, self.start, self.stop, self.rank, self.world_size = sampler, start, stop, rank, world_size
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for step in range(self.start, self.stop):
+            yield [p for task in self.sampler.step_pairs(step, self.rank, self.world_size) for p in task]
+
+
+def _to_tasks(items: list[tuple[int, int, dict[str, Any]]], k: int) -> list[Task]:
+    return [Task([i for i, _, _ in chunk], [x for _, _, x in chunk], [s for _, s, _ in chunk])
+            for chunk in (items[j:j + k] for j in range(0, len(items), k))]

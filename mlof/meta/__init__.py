@@ -26,7 +26,7 @@ _LAZY = {
     "adapt_settings": "mlof.meta.settings",
     "UnsupervisedObjective": "mlof.meta.objective",
     "OnlineAdapter": "mlof.meta.online",
-    "from_learn2learn": "mlof.meta.interop",
+    "from_learn2learn": "mlof.meta.maml",
     "HigherLearner": "mlof.meta.interop",
 }
 

@@ -9,7 +9,7 @@ One object owns everything adaptation needs, set up once:
   - the guard (``Guard``: best state, rollback on NaN or divergence, skipped NaN gradients).
 ``run(pairs)`` adapts in the mode of ``settings.mode`` (joint, pairwise, online) with the steps of either the
 full-frame loop or the release protocol's crop loop (``settings.on_crops``). ``mlof.adapt``, ``OnlineAdapter``
-and ``mlof.evaluate``'s adaptation are thin uses of it. Options and their defaults: ``mlof.meta.settings``.
+and ``mlof.commands.evaluate``'s adaptation are thin uses of it. Options and their defaults: ``mlof.meta.settings``.
 """
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
-"""Optional interoperability: the ``higher`` backend and conversion from learn2learn's MAML / MetaSGD.
+"""The optional ``higher`` backend of ``mlof.meta.MAML`` (``backend="higher"``).
 
-Neither library is required. ``higher`` 0.2.1 installs on torch 2.x (``pip install mlof[higher]``);
-learn2learn 0.2.0 does not build on CPython 3.11, but models meta-trained with it (the MLOF release) can be
-continued here: ``from_learn2learn`` reads what its wrappers hold (duck-typed, no import of learn2learn).
+``higher`` is not required: 0.2.1 installs on torch 2.x (``pip install mlof[higher]``) and is imported only
+when that backend is asked for. (Conversion from learn2learn wrappers: ``mlof.meta.maml.from_learn2learn``.)
 """
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-__all__ = ["require_higher", "HigherLearner", "from_learn2learn"]
+__all__ = ["require_higher", "HigherLearner"]
 
 
 def require_higher():
@@ -92,31 +91,3 @@ class HigherLearner:
         clone = copy.deepcopy(self.module)
         clone.load_state_dict(self.state_dict())
         return clone
-
-
-def from_learn2learn(wrapper: Any, **overrides: Any):
-    """An ``mlof.meta.MAML`` (or ``MetaSGD``) equivalent to a learn2learn ``MAML`` / ``MetaSGD`` wrapper.
-
-    Reads ``wrapper.module``, ``wrapper.lr`` and ``wrapper.first_order`` (and ``wrapper.lrs`` for Meta-SGD,
-    whose values are copied); the network is shared, not copied. learn2learn's clones share BatchNorm
-    statistics, so ``buffers="shared"`` is the default here; ``overrides`` (e.g. ``buffers="copy"``,
-    ``params="update_block"``) go to the constructor. Raises ValueError for objects that are not such wrappers.
-    """
-    from mlof.meta.maml import MAML, MetaSGD
-    module = getattr(wrapper, "module", None)
-    if not isinstance(module, nn.Module) or not hasattr(wrapper, "lr"):
-        raise ValueError(f"{type(wrapper).__name__} is not a learn2learn MAML/MetaSGD wrapper (needs .module "
-                         f"and .lr)")
-    options = {"first_order": bool(getattr(wrapper, "first_order", False)), "buffers": "shared", **overrides}
-    lrs = getattr(wrapper, "lrs", None)
-    if lrs is None:
-        return MAML(module, float(wrapper.lr), **options)
-    lrs = list(lrs)
-    out = MetaSGD(module, lr=float(lrs[0].detach().flatten()[0]) if lrs else 1e-3, **options)
-    if len(lrs) != len(out.lrs) or any(a.shape != b.shape for a, b in zip(lrs, out.lrs)):
-        raise ValueError(f"the wrapper has {len(lrs)} learning-rate tensors, the selected parameters need "
-                         f"{len(out.lrs)} (learn2learn keeps one per parameter: select all parameters)")
-    with torch.no_grad():
-        for mine, theirs in zip(out.lrs, lrs):
-            mine.copy_(theirs.detach())
-    return out

@@ -31,9 +31,10 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import nn
 
+from mlof.meta.interop import HigherLearner, require_higher
 from mlof.meta.params import ParamSpec, select_parameters
 
-__all__ = ["MAML", "MetaSGD", "Learner", "BUFFER_POLICIES", "swapped_tensors", "tensor_aliases"]
+__all__ = ["MAML", "MetaSGD", "Learner", "BUFFER_POLICIES", "swapped_tensors", "tensor_aliases", "from_learn2learn"]
 
 BUFFER_POLICIES = ("copy", "shared")
 
@@ -117,7 +118,6 @@ class MAML(nn.Module):
         if backend not in ("func", "higher"):
             raise ValueError(f"backend must be 'func' or 'higher', got {backend!r}")
         if backend == "higher":
-            from mlof.meta.interop import require_higher
             require_higher()
         self.module = model
         self.lr = float(lr)
@@ -142,7 +142,6 @@ class MAML(nn.Module):
         """A new task learner whose fast weights start at the model's current parameters."""
         fo = self.first_order if first_order is None else bool(first_order)
         if self.backend == "higher":
-            from mlof.meta.interop import HigherLearner
             return HigherLearner(self, fo)
         params = dict(self.module.named_parameters())
         buffers = None
@@ -295,3 +294,33 @@ class Learner:
         clone = copy.deepcopy(self.module)
         clone.load_state_dict(self.state_dict())
         return clone
+
+
+def from_learn2learn(wrapper: Any, **overrides: Any):
+    """An ``mlof.meta.MAML`` (or ``MetaSGD``) equivalent to a learn2learn ``MAML`` / ``MetaSGD`` wrapper.
+
+    learn2learn 0.2.0 does not build on CPython 3.11, but models meta-trained with it (the MLOF release) can be
+    continued here: this reads what its wrappers hold (duck-typed, no import of learn2learn).
+
+    Reads ``wrapper.module``, ``wrapper.lr`` and ``wrapper.first_order`` (and ``wrapper.lrs`` for Meta-SGD,
+    whose values are copied); the network is shared, not copied. learn2learn's clones share BatchNorm
+    statistics, so ``buffers="shared"`` is the default here; ``overrides`` (e.g. ``buffers="copy"``,
+    ``params="update_block"``) go to the constructor. Raises ValueError for objects that are not such wrappers.
+    """
+    module = getattr(wrapper, "module", None)
+    if not isinstance(module, nn.Module) or not hasattr(wrapper, "lr"):
+        raise ValueError(f"{type(wrapper).__name__} is not a learn2learn MAML/MetaSGD wrapper (needs .module "
+                         f"and .lr)")
+    options = {"first_order": bool(getattr(wrapper, "first_order", False)), "buffers": "shared", **overrides}
+    lrs = getattr(wrapper, "lrs", None)
+    if lrs is None:
+        return MAML(module, float(wrapper.lr), **options)
+    lrs = list(lrs)
+    out = MetaSGD(module, lr=float(lrs[0].detach().flatten()[0]) if lrs else 1e-3, **options)
+    if len(lrs) != len(out.lrs) or any(a.shape != b.shape for a, b in zip(lrs, out.lrs)):
+        raise ValueError(f"the wrapper has {len(lrs)} learning-rate tensors, the selected parameters need "
+                         f"{len(out.lrs)} (learn2learn keeps one per parameter: select all parameters)")
+    with torch.no_grad():
+        for mine, theirs in zip(out.lrs, lrs):
+            mine.copy_(theirs.detach())
+    return out

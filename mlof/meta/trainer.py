@@ -18,10 +18,13 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
+from mlof.losses import sequence_loss
+from mlof.meta.forward import call_net
 from mlof.meta.guard import require_finite
 from mlof.meta.maml import MAML, MetaSGD
 from mlof.meta.objective import UnsupervisedObjective
 from mlof.meta.params import ParamSpec
+from mlof.optim import build_optimizer
 
 __all__ = ["MLOFTrainer", "TASK_KEYS"]
 
@@ -87,12 +90,7 @@ class MLOFTrainer:
         self.net_options = dict(net_options or {})
         self.meta_algo = meta_algo
         meta_params = [p for p in self.maml.parameters() if p.requires_grad]
-        if optimizer == "adam":
-            self.optimizer = torch.optim.Adam(meta_params, lr=outer_lr, weight_decay=weight_decay)
-        elif optimizer == "adamw":
-            self.optimizer = torch.optim.AdamW(meta_params, lr=outer_lr, weight_decay=weight_decay)
-        else:
-            self.optimizer = torch.optim.SGD(meta_params, lr=outer_lr, weight_decay=weight_decay)
+        self.optimizer = build_optimizer(meta_params, optimizer, lr=outer_lr, weight_decay=weight_decay)
         self.theta_fixed = self._snapshot()
         self.steps_done = 0
         self.last_inner: list[list[float]] = []   # per task of the last step: the inner objective at each step
@@ -172,8 +170,6 @@ class MLOFTrainer:
         valid N x H x W). Returns metrics: ``loss`` (outer), ``epe`` (adapted, last prediction),
         ``inner_first``/``inner_last`` (mean inner objective at the first/last inner step), ``grad_norm``,
         ``time``."""
-        from mlof.losses import sequence_loss
-        from mlof.meta.forward import call_net
         tasks = [self._task(t, i) for i, t in enumerate(tasks)]
         if not tasks:
             raise ValueError("step needs at least one task")

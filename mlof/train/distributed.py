@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["DistContext", "init_distributed", "shard_range", "sync_gradients", "broadcast_module", "all_ranks_true",
+__all__ = ["DistContext", "init_distributed", "sync_gradients", "broadcast_module", "all_ranks_true",
            "reduce_metrics", "resolve_device", "shutdown", "barrier"]
 
 
@@ -76,13 +76,6 @@ def barrier(ctx: DistContext) -> None:
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def shard_range(n: int, ctx: DistContext) -> range:
-    """This rank's contiguous share of ``n`` items (the first ``n % world`` ranks get one more)."""
-    base, extra = divmod(n, ctx.world_size)
-    start = ctx.rank * base + min(ctx.rank, extra)
-    return range(start, start + base + (1 if ctx.rank < extra else 0))
 
 
 def sync_gradients(params: Iterable[nn.Parameter], n_local: int, n_global: int, ctx: DistContext) -> None:

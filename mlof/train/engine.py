@@ -22,10 +22,10 @@ from torch import nn
 from tqdm import tqdm
 
 from mlof.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from mlof.train.config import LogConfig, diff_keys
+from mlof.config import LogConfig, diff_keys
+from mlof.runs.rundir import RunDir
+from mlof.seeding import capture_rng, restore_rng, seed_step
 from mlof.train.distributed import DistContext, barrier
-from mlof.train.rundir import RunDir
-from mlof.train.seeding import capture_rng, restore_rng, seed_step
 
 __all__ = ["StepOutput", "TrainingJob", "ResumeError", "fit", "RESUME_FREE_KEYS"]
 

@@ -5,11 +5,11 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from mlof.train.config import to_dict
+from mlof.config import to_dict
+from mlof.runs.rundir import RunDir
+from mlof.seeding import seed_everything
 from mlof.train.distributed import DistContext, broadcast_module, init_distributed
 from mlof.train.engine import TrainingJob, fit
-from mlof.train.rundir import RunDir
-from mlof.train.seeding import seed_everything
 
 __all__ = ["run_training"]
 

@@ -11,17 +11,24 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import torch
+from omegaconf import DictConfig
 from torch import nn
 
+from mlof import losses
+from mlof.commands.report import report_training
+from mlof.commands.setup import PYRAMID_NETWORKS, build_data, build_model
+from mlof.config import ConfigError, DataConfig, LogConfig, ModelConfig, RunConfig
+from mlof.data import build_loader
+from mlof.losses.supervised import PWC_WEIGHTS
 from mlof.meta.guard import NonFiniteError
-from mlof.train.config import ConfigError, DataConfig, LogConfig, ModelConfig, RunConfig
+from mlof.metrics import flow_metrics
+from mlof.optim import build_optimizer, onecycle
 from mlof.train.distributed import DistContext, all_ranks_true, reduce_metrics, sync_gradients
 from mlof.train.engine import StepOutput
-from mlof.train.sampling import StepPlan, step_loader
-from mlof.train.setup import PYRAMID_NETWORKS, build_data, build_model, collate
+from mlof.train.runner import run_training
+from mlof.viz import batch_panel
 
-__all__ = ["OptimConfig", "PretrainConfig", "PretrainJob", "build_optimizer", "freeze_batchnorm", "loss_total",
-           "panel"]
+__all__ = ["OptimConfig", "PretrainConfig", "PretrainJob", "optimizer_for", "freeze_batchnorm", "loss_total"]
 
 
 @dataclass
@@ -55,25 +62,16 @@ class PretrainConfig(RunConfig):
     log: LogConfig = field(default_factory=LogConfig)
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, total_steps: int
-                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
-    """AdamW over the trainable parameters, and the schedule (RAFT: OneCycle over ``steps + 100``).
-
-    OneCycle needs ``total_steps + schedule_pad`` >= 2 steps of the scheduler; the last one is never taken
-    (``step`` is called once per optimizer step), which is why RAFT pads the cycle.
-    """
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.eps)
-    if cfg.schedule == "onecycle":
-        if cfg.schedule_pad < 1:   # with 0 the scheduler's step after the last update yields a negative lr
-            raise ConfigError(f"optim.schedule_pad must be >= 1, got {cfg.schedule_pad}")
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=total_steps + cfg.schedule_pad,
-                                                    pct_start=cfg.pct_start, cycle_momentum=False,
-                                                    anneal_strategy="linear")
-    elif cfg.schedule == "constant":
-        sched = None
-    else:
+def optimizer_for(model: nn.Module, cfg: OptimConfig, total_steps: int
+                  ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
+    """AdamW over the trainable parameters, and the schedule of ``cfg`` (RAFT: OneCycle over ``steps + 100``)."""
+    if cfg.schedule not in ("onecycle", "constant"):
         raise ConfigError(f"optim.schedule: {cfg.schedule!r} is not one of onecycle, constant")
+    if cfg.schedule == "onecycle" and cfg.schedule_pad < 1:
+        raise ConfigError(f"optim.schedule_pad must be >= 1, got {cfg.schedule_pad}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = build_optimizer(params, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.eps)
+    sched = onecycle(opt, total_steps, cfg.schedule_pad, cfg.pct_start) if cfg.schedule == "onecycle" else None
     return opt, sched
 
 
@@ -95,16 +93,6 @@ def loss_total(out: Any) -> torch.Tensor:
     raise TypeError(f"cannot take the loss value of a {type(out).__name__}")
 
 
-def panel(batch: dict[str, Any], flow: torch.Tensor) -> Any:
-    """Image grid (uint8 H x W x 3) of the first sample: frames, predicted flow, ground truth, error."""
-    from mlof.viz import flow_panel
-
-    gt = batch.get("flow")
-    valid = batch.get("valid")
-    return flow_panel([batch["img1"][0], batch["img2"][0]], flow[0].detach(),
-                      gt=None if gt is None else gt[0], valid=None if valid is None else valid[0])
-
-
 class PretrainJob:
     """One supervised optimizer step per engine step (see ``mlof.train.engine.fit``)."""
 
@@ -121,32 +109,26 @@ class PretrainJob:
             raise ConfigError(f"loss: {cfg.loss!r} is not one of auto, sequence, multilevel")
         self.loss_kind = kind
         self.dataset = build_data(cfg.data)
-        self.plan = StepPlan(len(self.dataset), cfg.batch_size, cfg.seed)
         self.total_steps = cfg.steps
-        self.optimizer, self.scheduler = build_optimizer(self.model, cfg.optim, cfg.steps)
+        self.optimizer, self.scheduler = optimizer_for(self.model, cfg.optim, cfg.steps)
 
     # -- engine protocol ---------------------------------------------------------------------------------------
     def batches(self, start: int) -> Iterable[dict[str, Any]]:
-        return step_loader(self.dataset, self.plan, start, self.total_steps, self.ctx, collate,
-                           self.cfg.data.num_workers)
+        return build_loader(self.dataset, self.cfg.batch_size, steps=self.total_steps - start, start=start,
+                            seed=self.cfg.seed, num_workers=self.cfg.data.num_workers, rank=self.ctx.rank,
+                            world_size=self.ctx.world_size)
 
     def _loss(self, out: Any, gt: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        from mlof import losses
-
         flows = out.flows or [out.flow]
         if self.loss_kind == "sequence":
             return loss_total(losses.sequence_loss(flows, gt, valid, gamma=self.cfg.gamma,
                                                    max_flow=self.cfg.max_flow))
         # Pyramid networks: per-level flows at their own resolution, finest first (mlof.losses convention).
-        from mlof.losses.supervised import PWC_WEIGHTS
-
         levels = out.extras.get("pyramid_flows") or flows
         levels = list(reversed(levels))[:len(PWC_WEIGHTS)]
         return loss_total(losses.multilevel_loss(levels, gt, valid))
 
     def train_step(self, step: int, batch: dict[str, Any], want_images: bool) -> StepOutput:
-        from mlof.metrics import flow_metrics
-
         dev = self.ctx.device
         img1, img2 = batch["img1"].to(dev), batch["img2"].to(dev)
         gt, valid = batch["flow"].to(dev), batch["valid"].to(dev)
@@ -179,7 +161,7 @@ class PretrainJob:
         metrics = reduce_metrics(local, n_local, n_global, self.ctx)
         metrics["lr"] = float(self.optimizer.param_groups[0]["lr"])
         metrics["grad_norm"] = float(grad_norm)
-        images = {"train/panel": panel(batch, out.flow)} if want_images and self.ctx.is_main else {}
+        images = {"train/panel": batch_panel(batch, out.flow)} if want_images and self.ctx.is_main else {}
         return StepOutput(metrics, images)
 
     def state_dict(self) -> dict[str, Any]:
@@ -190,3 +172,10 @@ class PretrainJob:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scheduler is not None and ckpt.get("scheduler") is not None:
             self.scheduler.load_state_dict(ckpt["scheduler"])
+
+
+def main(cfg: DictConfig, progress: bool = True) -> int:
+    """``mlof pretrain``: train (one process or one torchrun rank) and print where the run went."""
+    report_training("pretrain", run_training(PretrainJob, cfg, resume=cfg.resume, overwrite=cfg.overwrite,
+                                             progress=progress))
+    return 0

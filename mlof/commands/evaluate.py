@@ -17,7 +17,7 @@ Warm start initialises each pair with the previous pair's coarse flow, forward-s
 scene, pairs in order). ``adapt`` options run ``mlof.adapt`` per pair first (theta* in the MLOF tables), at
 the protocol's iterations and padding too (``adapt_predict``); the summary then reports the adapted metrics and,
 under ``before``, the unadapted ones of the same run and settings. ``run_evaluate`` is ``mlof evaluate``: it
-streams every pair's flow files, panel and record to the run folder and can resume (``mlof.train.outputs``).
+streams every pair's flow files, panel and record to the run folder and can resume (``mlof.runs.outputs``).
 """
 from __future__ import annotations
 
@@ -27,15 +27,26 @@ from typing import Any, Callable, Dict, Iterable, Mapping, Optional
 
 import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
+from scipy.interpolate import griddata
 from torch import nn
+from tqdm import tqdm
 
 from backbones.base import FlowOutput, InputPadder
 from mlof.meta.engine import Adapter
 from mlof.meta.frames import as_pairs
-from mlof.train.config import DataConfig, ModelConfig, RunConfig
+from mlof.commands.report import say
+from mlof.commands.setup import build_data, build_model, check_adapt_options, is_real_input, warn_if_demo_model
+from mlof.config import ConfigError, DataConfig, ModelConfig, RunConfig
+from mlof.io import write_image
+from mlof.metrics import FlowMetricAccumulator
+from mlof.runs.outputs import ResizePlan, finite_or_none, flow_format_for, open_streaming_run, output_stem, pair_seed
+from mlof.seeding import seed_everything
+from mlof.train.distributed import resolve_device
+from mlof.viz import flow_panel, series_plot
 
 __all__ = ["EvaluateConfig", "Protocol", "PROTOCOLS", "protocol_for", "predict", "adapt_predict",
-           "forward_interpolate", "evaluate", "evaluate_dataset", "run_evaluate", "PairEvaluation", "headline",
+           "forward_interpolate", "WarmStart", "evaluate", "run_evaluate", "PairEvaluation", "headline",
            "same_sequence"]
 
 
@@ -125,7 +136,6 @@ def forward_interpolate(flow: torch.Tensor) -> torch.Tensor:
 
     Returns 2 x h x w on the input's device (RAFT's ``forward_interpolate``).
     """
-    from scipy.interpolate import griddata
 
     f = flow.detach().float().cpu().numpy()
     dx, dy = f
@@ -150,6 +160,27 @@ def same_sequence(prev: Mapping[str, Any] | None, meta: Mapping[str, Any]) -> bo
         return prev.get("scene") == meta.get("scene") and int(meta.get("frame")) == int(prev.get("frame")) + 1
     except (TypeError, ValueError):
         return False
+
+
+class WarmStart:
+    """The warm-start loop of ``evaluate`` and ``mlof infer``: a pair that directly follows the previous one (same
+    scene, next frame; ``same_sequence``) starts from that pair's coarse flow, forward-splatted
+    (``forward_interpolate``); disabled, every pair starts from zero."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = bool(enabled)
+        self.low: torch.Tensor | None = None
+        self.meta: Mapping[str, Any] | None = None
+
+    def predict(self, model: nn.Module, img1: torch.Tensor, img2: torch.Tensor, meta: Mapping[str, Any], *,
+                iters: int, padding: str) -> FlowOutput:
+        """``predict`` of one pair (1 x 3 x H x W each) whose ``meta`` names its scene and frame."""
+        init = None
+        if self.enabled and self.low is not None and same_sequence(self.meta, meta):
+            init = forward_interpolate(self.low[0])[None]
+        out = predict(model, img1, img2, iters=iters, padding=padding, flow_init=init)
+        self.low, self.meta = out.flow_low, meta
+        return out
 
 
 def _batch1(sample: Mapping[str, Any], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,7 +226,7 @@ def evaluate(model: nn.Module, dataset: Iterable[Mapping[str, Any]], *, dataset_
     (keyword options of ``mlof.adapt``), each pair is first adapted without supervision, from ``model``, at the
     same iterations and padding (``adapt_predict``); the summary then holds the adapted metrics and, under
     ``before``, the unadapted ones of the same run and settings. ``resize`` / ``max_side`` scale the frames down
-    before the network (``mlof.train.outputs.ResizePlan``); flows are scaled back and scored against the
+    before the network (``mlof.runs.outputs.ResizePlan``); flows are scaled back and scored against the
     full-resolution ground truth. ``on_sample(index, sample, PairEvaluation)`` is called after every pair.
     ``finished(index)`` may return the record of a pair done by an interrupted run (with ``stats`` and, when
     adapting, ``stats_before``): that pair is not recomputed and its statistics count as saved, so the summary
@@ -203,11 +234,6 @@ def evaluate(model: nn.Module, dataset: Iterable[Mapping[str, Any]], *, dataset_
     Summary: every metric of ``FlowMetricAccumulator.summary()`` (pooled and ``_per_image``, ``_noc`` /
     ``_occ`` where occlusion masks exist), ``headline``, ``iters``, ``padding``, ``seconds_per_pair``.
     """
-    from tqdm import tqdm
-
-    from mlof.metrics import FlowMetricAccumulator
-    from mlof.train.outputs import ResizePlan, pair_seed
-    from mlof.train.seeding import seed_everything
 
     proto = protocol_for(dataset_name)
     iters = proto.iters if iters is None else int(iters)
@@ -235,7 +261,7 @@ def evaluate(model: nn.Module, dataset: Iterable[Mapping[str, Any]], *, dataset_
     if max_samples and n_total is not None:
         n_total = min(n_total, max_samples)
     source = None if indexable else iter(dataset)
-    prev_meta, prev_low = None, None
+    warm = WarmStart(warm_start)
     t_total, n = 0.0, 0
     bar = tqdm(total=n_total, disable=not progress, desc="evaluate (adapted)" if adapt else "evaluate")
     try:
@@ -274,11 +300,7 @@ def evaluate(model: nn.Module, dataset: Iterable[Mapping[str, Any]], *, dataset_
                 before, flow, history = adapt_predict(model, s1, s2, iters=iters, padding=padding, **adapt)
                 before = plan.flow_back(before, size)
             else:
-                init = None
-                if warm_start and prev_low is not None and same_sequence(prev_meta, meta):
-                    init = forward_interpolate(prev_low[0])[None]
-                out = predict(model, s1, s2, iters=iters, padding=padding, flow_init=init)
-                flow, prev_low, prev_meta = out.flow, out.flow_low, meta
+                flow = warm.predict(model, s1, s2, meta, iters=iters, padding=padding).flow
             flow = plan.flow_back(flow, size)
             seconds = time.perf_counter() - t0
             t_total += seconds
@@ -310,15 +332,6 @@ def evaluate(model: nn.Module, dataset: Iterable[Mapping[str, Any]], *, dataset_
     return summary
 
 
-def evaluate_dataset(model: nn.Module, name: str, root: str | None = None, split: str = "training",
-                     options: Mapping[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
-    """Build ``mlof.data.build_dataset(name, root, split, **options)`` and ``evaluate`` on it."""
-    from mlof.data import build_dataset
-
-    ds = build_dataset(name, root, split=split, **dict(options or {}))
-    return evaluate(model, ds, dataset_name=name, **kwargs)
-
-
 def _tb_panel_due(run: Any, index: int, limit: int) -> bool:
     return index < limit and run.writer is not None
 
@@ -327,15 +340,6 @@ def run_evaluate(cfg: Any, progress: bool = True, resume: bool = False, overwrit
     """``mlof evaluate``: ``evaluate`` on the configured dataset, streaming each pair's flow files, panel and
     record into ``runs/<name>/`` as soon as it is done (``--resume`` continues an interrupted run); writes
     ``metrics.json`` and the per-pair EPE plot ``summary.png``. Returns the summary (plus ``run_dir``)."""
-    from omegaconf import OmegaConf
-
-    from mlof.io import write_image
-    from mlof.train.config import ConfigError
-    from mlof.train.distributed import resolve_device
-    from mlof.train.outputs import ResizePlan, finite_or_none, flow_format_for, open_streaming_run, output_stem
-    from mlof.train.seeding import seed_everything
-    from mlof.train.setup import build_data, build_model, is_real_input, warn_if_demo_model
-    from mlof.viz import flow_panel, series_plot
 
     obj = OmegaConf.to_object(cfg)
     fmt = flow_format_for(obj.flow_format, obj.data.name)
@@ -345,7 +349,6 @@ def run_evaluate(cfg: Any, progress: bool = True, resume: bool = False, overwrit
         raise ConfigError("warm_start=true runs cannot be resumed (each pair starts from the previous one's flow)")
     adapt = dict(obj.adapt) if obj.adapt else None
     if adapt:
-        from mlof.train.setup import check_adapt_options
         check_adapt_options(adapt, key="adapt")   # before anything is written
     iters = obj.iters if obj.iters is not None else protocol_for(obj.data.name).iters
     if adapt and "iters" in adapt and adapt["iters"] != iters:
@@ -407,3 +410,18 @@ def run_evaluate(cfg: Any, progress: bool = True, resume: bool = False, overwrit
     summary["metrics_path"] = str(run.write_metrics(summary))
     run.close()
     return summary
+
+
+def main(cfg: DictConfig, progress: bool = True) -> int:
+    """``mlof evaluate``: run the protocol and print the headline metrics (before and after adaptation)."""
+    summary = run_evaluate(cfg, progress=progress, resume=cfg.resume, overwrite=cfg.overwrite)
+
+    def head(s: dict) -> str:
+        return ", ".join(f"{k} {v:.3f}" for k, v in s["headline"].items())
+
+    say(f"evaluate on {summary['dataset']} ({summary['num_images']} pairs, iters {summary['iters']}, padding "
+        f"{summary['padding']}{', adapted' if summary['adapted'] else ''}): {head(summary)}")
+    if summary.get("before"):
+        say(f"  before adaptation (same run, same settings): {head(summary['before'])}")
+    say(f"  metrics: {summary['metrics_path']}")
+    return 0

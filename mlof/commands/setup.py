@@ -8,14 +8,34 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+import backbones
 from backbones.base import warn_once
+from backbones.fetch import fetch
+from backbones.weights import UnknownWeightsError, WEIGHTS, resolve_name
 from mlof.checkpoint import CheckpointError, is_mlof_checkpoint, validate_checkpoint
-from mlof.train.config import ConfigError, DataConfig, ModelConfig
+from mlof.config import ConfigError, DataConfig, ModelConfig
+from mlof.data import FlowDataset, build_augmentor, build_dataset, collate as data_collate, split_indices
+from mlof.meta.settings import adapt_settings
 
-__all__ = ["build_model", "warn_if_demo_model", "is_real_input", "build_data", "check_adapt_options", "PYRAMID_NETWORKS", "collate", "SplitView", "subset_indices"]
+__all__ = ["DEFAULT_CHECKPOINT", "resolve_checkpoint", "build_model", "warn_if_demo_model", "is_real_input", "build_data", "check_adapt_options", "PYRAMID_NETWORKS", "collate", "SplitView", "subset_indices"]
 
 # Networks whose training loss is a weighted sum over pyramid levels rather than RAFT's sequence loss.
 PYRAMID_NETWORKS = frozenset({"liteflownet2", "upflow"})
+
+
+# the shipped default checkpoint (``model.checkpoint: default``)
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CHECKPOINT = REPO_ROOT / "checkpoints" / "mlof_default.pt"
+
+
+def resolve_checkpoint(path: str | None) -> str | None:
+    """``"default"`` -> the shipped ``checkpoints/mlof_default.pt`` (error if absent); other values unchanged."""
+    if path != "default":
+        return path
+    if not DEFAULT_CHECKPOINT.is_file():
+        raise FileNotFoundError(f"the default checkpoint {DEFAULT_CHECKPOINT} is missing (it ships with the "
+                                f"repository; see checkpoints/README.md), or give model.checkpoint=PATH")
+    return str(DEFAULT_CHECKPOINT)
 
 
 DEMO_MODEL_WARNING = (
@@ -27,9 +47,6 @@ DEMO_MODEL_WARNING = (
 def warn_if_demo_model(checkpoint: Any) -> bool:
     """Say once per process that the shipped default checkpoint is a demonstration model (commands call this
     when they run it on real frames). True if ``checkpoint`` is that file."""
-    from backbones.base import warn_once
-
-    from mlof.train.sources import DEFAULT_CHECKPOINT, resolve_checkpoint
     try:
         path = resolve_checkpoint(checkpoint)
         demo = path is not None and Path(path).resolve() == DEFAULT_CHECKPOINT.resolve()
@@ -61,16 +78,11 @@ def build_model(cfg: ModelConfig | Any, device: torch.device | str = "cpu",
     shipped ``checkpoints/mlof_default.pt``; a name of the official-weights registry (``raft-things``, see
     ``mlof weights``) is fetched into ``MLOF_HOME`` and verified on first use.
     """
-    import backbones
-
-    from mlof.train.sources import resolve_checkpoint
-
     options = dict(cfg.options or {})
     ckpt = resolve_checkpoint(cfg.checkpoint)
     entry = _official_entry(ckpt, cfg.name)
     if entry is not None:
         # a name of the official-weights registry (``raft-things``): fetched and verified into MLOF_HOME
-        from backbones.fetch import fetch
 
         path = fetch(entry, progress=True, check_keys=False)  # loaded strictly just below
         model = backbones.build(entry.backbone, checkpoint=str(path), **{**entry.options, **options})
@@ -129,7 +141,6 @@ def _official_entry(ckpt: str | None, name: str | None) -> Any:
     if ckpt is None or Path(ckpt).exists() or any(c in str(ckpt) for c in "/\\") or str(ckpt).endswith(
             (".pt", ".pth", ".tar", ".ckpt")):
         return None
-    from backbones.weights import UnknownWeightsError, WEIGHTS, resolve_name
 
     if ckpt in WEIGHTS and name is not None and WEIGHTS[ckpt].backbone != name:
         net = WEIGHTS[ckpt].backbone
@@ -148,8 +159,6 @@ def check_adapt_options(options: dict[str, Any], key: str = "options", online: b
     Raises ``ConfigError`` naming ``key`` and the option (``options: lr must be a number, got 'abc'``).
     (``online`` is kept for callers; the same checks apply.)
     """
-    from mlof.meta.settings import adapt_settings
-
     try:
         adapt_settings(options)
     except ValueError as e:
@@ -158,7 +167,6 @@ def check_adapt_options(options: dict[str, Any], key: str = "options", online: b
 
 def build_data(cfg: DataConfig | Any, key: str = "data") -> Dataset:
     """``mlof.data.build_dataset(name, root, split, **options)`` with ``augment`` as its transform."""
-    from mlof.data import build_dataset
 
     options = dict(cfg.options or {})
     if getattr(cfg, "augment", None) is not None:
@@ -173,8 +181,6 @@ def build_data(cfg: DataConfig | Any, key: str = "data") -> Dataset:
 
 
 def _augmentor(spec: Any, key: str) -> Any:
-    from mlof.data import build_augmentor
-
     try:
         if isinstance(spec, str):
             return build_augmentor(spec)
@@ -187,7 +193,6 @@ def _augmentor(spec: Any, key: str) -> Any:
 
 def subset_indices(name: str, spec: str, n_total: int, key: str = "data") -> list[int]:
     """Indices of ``spec`` = ``SPLIT`` (its meta-train pairs) or ``SPLIT:eval`` (its held-out pairs)."""
-    from mlof.data import split_indices
 
     split, _, part = str(spec).partition(":")
     part = part or "train"
@@ -204,8 +209,6 @@ class SplitView(Dataset):
     """Some pairs of a dataset; items are positions, or (position, sample seed) for mlof datasets."""
 
     def __init__(self, dataset: Dataset, indices: list[int]):
-        from mlof.data import FlowDataset
-
         if not indices:
             raise ConfigError("data.subset selects no pairs")
         self.dataset, self.indices = dataset, indices
@@ -222,6 +225,5 @@ class SplitView(Dataset):
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Batch samples: tensors stacked, everything else (``meta``) kept as lists."""
-    from mlof.data import collate as data_collate
 
     return data_collate(samples)

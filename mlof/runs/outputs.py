@@ -30,14 +30,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from backbones.registry import read_checkpoint_file
-from mlof.train.config import ConfigError, diff_keys, to_dict
-from mlof.train.rundir import RunDir, jsonable
+from mlof.config import ConfigError, diff_keys, to_dict
+from mlof.io import write_flow, write_image
+from mlof.runs.rundir import RunDir, jsonable
 from mlof.utils import atomic_open
+from mlof.viz import flow_panel, flow_to_rgb
 
 __all__ = ["output_stem", "flow_format_for", "ResizePlan", "PairStore", "prepare_run_folder", "pair_seed",
            "FLOW_FORMATS"]
@@ -162,7 +166,6 @@ def prepare_run_folder(cfg: Any, out_dir: str, name: str, *, resume: bool, overw
         saved = path / "config.yaml"
         if not saved.is_file():
             raise ConfigError(f"--resume: {path} holds no run to continue (no config.yaml)")
-        from omegaconf import OmegaConf
 
         old = to_dict(OmegaConf.load(saved))
         new = to_dict(cfg)
@@ -236,8 +239,6 @@ class PairStore:
         """flow: 2 x H x W (pixels). Writes ``<folder>/<stem>.<fmt>`` and ``images/<stem><suffix>_color.png``."""
         if not self.run.is_main:
             return
-        from mlof.io import write_flow, write_image
-        from mlof.viz import flow_to_rgb
 
         f = flow.detach().float().cpu().permute(1, 2, 0).numpy()
         if self.save_flows:
@@ -255,7 +256,6 @@ class PairStore:
         sample has it, colour key. Flows 2 x H x W at the sample's resolution."""
         if not (self.run.is_main and self.images):
             return
-        from mlof.viz import flow_panel
 
         img = flow_panel([sample["img1"], sample["img2"]], flow.detach().cpu(), gt=sample.get("flow"),
                          valid=sample.get("valid"), before=None if before is None else before.detach().cpu())
@@ -266,7 +266,6 @@ class PairStore:
         tiles is 4100 px wide; the full-resolution colour flows are written separately)."""
         if not (self.run.is_main and self.images):
             return
-        from mlof.io import write_image
 
         write_image(self.path / "images" / name, fit_width(img, PANEL_MAX_WIDTH))
 
@@ -302,7 +301,6 @@ PANEL_MAX_WIDTH = 2048
 
 def fit_width(img: np.ndarray, max_width: int) -> np.ndarray:
     """Shrink an H x W x 3 uint8 picture (area interpolation) so that W <= max_width; smaller ones unchanged."""
-    import cv2
 
     h, w = img.shape[:2]
     if w <= max_width:

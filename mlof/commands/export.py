@@ -15,7 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List
 
-from mlof.train.config import ModelConfig
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from backbones.onnx import export_onnx, torch_reference
+from mlof.commands.report import say
+from mlof.commands.setup import build_model
+from mlof.config import ModelConfig
 
 __all__ = ["ExportConfig", "run_export", "check_onnx"]
 
@@ -40,11 +47,7 @@ def check_onnx(model: Any, path: str, size: tuple[int, int], iters: int, corr: s
 
     Pairs: independent uniform noise, and a frame with its copy shifted by (3, 5) px (a plausible flow).
     """
-    import numpy as np
     import onnxruntime as ort
-    import torch
-
-    from backbones.onnx import torch_reference
 
     h, w = size
     gen = torch.Generator().manual_seed(1)
@@ -65,9 +68,6 @@ def check_onnx(model: Any, path: str, size: tuple[int, int], iters: int, corr: s
 def run_export(cfg: Any, say=print) -> dict:
     """Build the model of ``cfg.model``, export it, check it; returns the export summary."""
     import importlib.util
-
-    from backbones.onnx import export_onnx
-    from mlof.train.setup import build_model
 
     if len(cfg.size) != 2 or any(int(s) < 1 for s in cfg.size):
         raise ValueError(f"size must be [H, W] with positive sides, got {list(cfg.size)}")
@@ -98,3 +98,9 @@ def run_export(cfg: Any, say=print) -> dict:
             raise ValueError(f"the exported graph differs from torch by {c['max_abs_diff_flow_px']:.3g} px "
                              f"(> tolerance {cfg.tolerance}); {info['path']} removed")
     return info
+
+
+def main(cfg: DictConfig, progress: bool = True) -> int:
+    """``mlof export``: export, check against torch, print the summary."""
+    run_export(OmegaConf.to_object(cfg), say=say)
+    return 0

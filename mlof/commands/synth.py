@@ -1,6 +1,7 @@
-"""``mlof synth``: write a synthetic domain as an MPI-Sintel training tree (``python -m mlof.data.synth_cli``).
+"""``mlof synth``: write a synthetic domain as an MPI-Sintel training tree (``python -m mlof.commands.synth``).
 
-``mlof.cli`` dispatches the ``synth`` subcommand here through :func:`add_arguments` and :func:`run`.
+Unlike the other subcommands its options are argparse flags; ``mlof.cli`` parses them with :func:`add_arguments`
+and hands them with the ``--config`` YAML and ``key=value`` settings to :func:`run_with_settings`.
 """
 from __future__ import annotations
 
@@ -8,9 +9,15 @@ import argparse
 import dataclasses
 import sys
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["add_arguments", "run", "main"]
+from omegaconf import OmegaConf
+
+from mlof.config import ConfigError
+from mlof.data.synthetic import DOMAINS, Domain, get_domain, write_tree
+
+__all__ = ["add_arguments", "run", "run_with_settings", "main"]
 
 _EPILOG = """domain parameters (--set KEY=VALUE; ranges as LOW,HIGH):
 {params}
@@ -25,8 +32,6 @@ Read back with mlof.data.build_dataset("sintel", OUT, pass_="final")."""
 
 
 def _param_help() -> str:
-    from mlof.data.synthetic import DOMAINS, Domain
-
     src, tgt = DOMAINS["source"], DOMAINS["target"]
     lines = []
     for f in dataclasses.fields(Domain):
@@ -82,8 +87,6 @@ def _parse_value(text: str) -> Any:
 
 
 def _domain(args: argparse.Namespace):
-    from mlof.data.synthetic import Domain, get_domain
-
     dom = get_domain(args.domain)
     overrides: dict[str, Any] = {}
     for item in args.set:
@@ -102,9 +105,6 @@ def _domain(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``synth`` with parsed ``args``; returns the exit code (2 on bad arguments)."""
-    from pathlib import Path
-
-    from mlof.data.synthetic import write_tree
 
     try:
         if not args.out:
@@ -126,6 +126,33 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {args.scenes} scenes ({pairs} pairs, domain {dom.name}, {args.size[0]}x{args.size[1]}) to "
           f"{root} in {dt:.1f} s ({pairs / max(dt, 1e-9):.2f} pairs/s)")
     return 0
+
+
+def run_with_settings(args: argparse.Namespace, parser: argparse.ArgumentParser, config: str | None,
+                      extra: Sequence[str]) -> int:
+    """``run`` with the keys of the ``config`` YAML, then the ``key=value`` items of ``extra``, set on ``args``
+    (key = a flag's name without dashes); an unknown key is a ``ConfigError``."""
+    settings: dict[str, Any] = {}
+    if config:
+        if not Path(config).is_file():
+            raise ConfigError(f"recipe {config} does not exist")
+        loaded = OmegaConf.to_container(OmegaConf.load(config), resolve=True)
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"recipe {config} must be a mapping of keys to values")
+        settings.update(loaded)
+    for item in extra:
+        key, _, value = item.partition("=")
+        settings[key] = OmegaConf.to_container(OmegaConf.from_dotlist([f"v={value}"]))["v"]
+    dests = {a.dest: a for a in parser._actions}
+    for key, value in settings.items():
+        dest = key.replace("-", "_")
+        if dest not in dests or dest in ("help", "config", "command"):
+            raise ConfigError(f"synth: unknown key {key!r} (see mlof synth --help)")
+        action = dests[dest]
+        if action.type is not None and value is not None:
+            value = [action.type(v) for v in value] if isinstance(value, list) else action.type(value)
+        setattr(args, dest, value)
+    return int(run(args) or 0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

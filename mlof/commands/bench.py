@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -28,9 +29,20 @@ from pathlib import Path
 from typing import Any, Callable, List, Optional
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 
+from backbones import capabilities
+from backbones.base import check_precision
 from backbones.memory_plan import proc_kib_field
-from mlof.train.config import RunConfig
+import mlof
+from mlof.commands.report import say
+from mlof.commands.setup import build_model
+from mlof.config import ModelConfig, RunConfig
+from mlof.losses.supervised import sequence_loss
+from mlof.meta.forward import call_net
+from mlof.runs.rundir import RunDir
+from mlof.train.distributed import resolve_device
+from mlof.utils import atomic_open
 
 __all__ = ["BenchConfig", "MODES", "measure", "bench", "run_case", "format_table", "format_markdown",
            "peak_rss_bytes"]
@@ -67,7 +79,6 @@ def peak_rss_bytes() -> int | None:
     if peak is not None:
         return peak
     try:  # macOS and other Unixes: ru_maxrss (bytes on macOS, KiB on Linux)
-        import resource
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return int(peak if sys.platform == "darwin" else peak * 1024)
     except (ImportError, OSError):
@@ -105,9 +116,6 @@ def measure(fn: Callable[[], Any], device: torch.device, repeats: int = 3, warmu
 
 
 def _build(name: str, corr: str, precision: str, checkpoint: str | None, device: torch.device) -> torch.nn.Module:
-    from mlof.train.config import ModelConfig
-    from mlof.train.setup import build_model
-
     options: dict[str, Any] = {} if corr in ("-", "", "default") else {"corr": corr}
     if precision != "fp32":
         options["precision"] = precision
@@ -119,8 +127,6 @@ def _build(name: str, corr: str, precision: str, checkpoint: str | None, device:
 def _case(model: torch.nn.Module, img1: torch.Tensor, img2: torch.Tensor, mode: str,
           case: dict[str, Any]) -> Callable[[], Any]:
     """The call one measurement times."""
-    import mlof
-    from mlof.meta.forward import call_net
 
     iters = case["iters"]
     if mode == "inference":
@@ -137,7 +143,6 @@ def _case(model: torch.nn.Module, img1: torch.Tensor, img2: torch.Tensor, mode: 
             fn.plan = next((h["memory_plan"] for h in result.history if "memory_plan" in h), None)
             return result
         return fn
-    from mlof.losses.supervised import sequence_loss
 
     if case.get("memory_budget") not in (None, "plain") and hasattr(model, "memory_budget"):
         model.memory_budget = case["memory_budget"]
@@ -179,7 +184,7 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
 
 
 def _in_subprocess(case: dict[str, Any], timeout: int) -> dict[str, Any]:
-    code = ("import json, sys; from mlof.bench import run_case; "
+    code = ("import json, sys; from mlof.commands.bench import run_case; "
             "print('MLOF_BENCH ' + json.dumps(run_case(json.loads(sys.argv[1]))), flush=True)")
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parents[1])
@@ -203,8 +208,6 @@ def bench(cfg: BenchConfig, device: torch.device, progress: Callable[[str], None
           ) -> list[dict[str, Any]]:
     """Run the grid; one row per (backbone, size, corr, precision, mode), with an ``error`` where a case
     cannot run."""
-    from backbones import capabilities
-    from backbones.base import check_precision
 
     if cfg.checkpoint and len(cfg.backbones) != 1:
         raise ValueError("checkpoint: give exactly one backbone with a checkpoint")
@@ -285,3 +288,24 @@ def format_markdown(rows: list[dict[str, Any]]) -> str:
     lines += ["| " + " | ".join(c.replace("|", "/") for c in _cells(r)) + " |" for r in rows]
     return "\n".join(lines)
 
+
+def main(cfg: DictConfig, progress: bool = True) -> int:
+    """``mlof bench``: measure the grid, write bench.json / bench.md / metrics.json and print the table."""
+    obj: BenchConfig = OmegaConf.to_object(cfg)
+    run = RunDir.for_config(cfg)
+    if obj.threads > 0:
+        torch.set_num_threads(obj.threads)
+    device = resolve_device(obj.device)
+    rows = bench(obj, device, progress=(lambda m: print(f"  measuring {m}", flush=True)) if progress else None)
+    run.save_config(cfg)
+    info = {"device": str(device), "torch": torch.__version__, "threads": obj.threads or torch.get_num_threads(),
+            "cpus": os.cpu_count(), "rows": rows}
+    run.write_json("bench.json", info)
+    run.write_metrics(info)
+    table = format_markdown(rows)
+    with atomic_open(run.path / "bench.md", "w") as f:
+        f.write(table + "\n")
+    run.close()
+    print(table)
+    say(f"  json: {run.path / 'bench.json'}, markdown: {run.path / 'bench.md'}")
+    return 0

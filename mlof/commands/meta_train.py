@@ -1,8 +1,8 @@
 """Meta-training (MLOF): outer steps of ``mlof.meta.MLOFTrainer`` on tasks from an annotated target set.
 
 A task is ``pairs_per_task`` annotated frame pairs (MLOF: one) batched as N x 3 x H x W; every outer step
-draws ``tasks_per_step`` tasks (MLOF: 5) through the (seed, step) data plan, so resume and multi-process
-runs see the same tasks as one uninterrupted process. Under torchrun the tasks of a step are split
+draws ``tasks_per_step`` tasks (MLOF: 5) from ``mlof.data.TaskSampler`` (the (seed, step) data plan), so resume,
+multi-process runs and a user's own loop over the same sampler see the same tasks as one uninterrupted process. Under torchrun the tasks of a step are split
 across processes and the meta-gradients averaged (weighted by tasks) right before the outer update.
 """
 from __future__ import annotations
@@ -11,14 +11,19 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable
 
 import torch
+from omegaconf import DictConfig
 
 from mlof.losses import resolve_recipe
 from mlof.meta.settings import DEFAULT_LR, AdaptSettings
-from mlof.train.config import ConfigError, DataConfig, LogConfig, ModelConfig, RunConfig
+from mlof.commands.report import report_training
+from mlof.commands.setup import build_data, build_model
+from mlof.config import ConfigError, DataConfig, LogConfig, ModelConfig, RunConfig
+from mlof.data import Task, TaskSampler
+from mlof.meta.trainer import MLOFTrainer
 from mlof.train.distributed import DistContext, reduce_metrics, sync_gradients
 from mlof.train.engine import StepOutput
-from mlof.train.sampling import StepPlan, step_loader
-from mlof.train.setup import build_data, build_model, collate
+from mlof.train.runner import run_training
+from mlof.viz import batch_panel
 
 __all__ = ["MetaConfig", "MetaTrainConfig", "MetaTrainJob"]
 
@@ -60,8 +65,6 @@ class MetaTrainJob:
     """One outer (meta) step per engine step."""
 
     def __init__(self, cfg: MetaTrainConfig, ctx: DistContext):
-        from mlof.meta import MLOFTrainer
-
         if cfg.steps <= 0:
             raise ConfigError(f"steps must be positive, got {cfg.steps}")
         if cfg.tasks_per_step < ctx.world_size:
@@ -69,10 +72,9 @@ class MetaTrainJob:
         self.cfg, self.ctx = cfg, ctx
         self.model = build_model(cfg.model, ctx.device)
         self.dataset = build_data(cfg.data)   # data.subset picks the meta-train split (e.g. crossval-1)
-        n = len(self.dataset)
-        # Plan over pairs; a task is pairs_per_task consecutive entries, sharded across processes whole.
-        self.plan = StepPlan(n, cfg.tasks_per_step * cfg.pairs_per_task, cfg.seed,
-                             group=cfg.pairs_per_task)
+        # a task is pairs_per_task consecutive entries of the step's plan, sharded across processes whole
+        self.tasks = TaskSampler(self.dataset, pairs_per_task=cfg.pairs_per_task, tasks_per_batch=cfg.tasks_per_step,
+                                 seed=cfg.seed)
         self.total_steps = cfg.steps
         m = cfg.meta
         extra = dict(m.options)
@@ -93,18 +95,15 @@ class MetaTrainJob:
         params = [p for g in optimizer.param_groups for p in g["params"]]
         sync_gradients(params, self._n_local, self._n_global, self.ctx)
 
-    def _collate_tasks(self, samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        k = self.cfg.pairs_per_task
-        return [collate(samples[i:i + k]) for i in range(0, len(samples), k)]
-
     # -- engine protocol ---------------------------------------------------------------------------------------
-    def batches(self, start: int) -> Iterable[list[dict[str, Any]]]:
-        return step_loader(self.dataset, self.plan, start, self.total_steps, self.ctx, self._collate_tasks,
-                           self.cfg.data.num_workers)
+    def batches(self, start: int) -> Iterable[list[Task]]:
+        return self.tasks.loader(start, self.total_steps, num_workers=self.cfg.data.num_workers, rank=self.ctx.rank,
+                                 world_size=self.ctx.world_size)
 
-    def train_step(self, step: int, batch: list[dict[str, Any]], want_images: bool) -> StepOutput:
+    def train_step(self, step: int, batch: list[Task], want_images: bool) -> StepOutput:
         dev = self.ctx.device
-        tasks = [{k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in t.items()} for t in batch]
+        tasks = [{k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in t.collated().items()}
+                 for t in batch]
         self._n_local, self._n_global = len(tasks), self.cfg.tasks_per_step
         local = {k: float(v) for k, v in self.trainer.step(tasks).items() if isinstance(v, (int, float, torch.Tensor))
                  and (not isinstance(v, torch.Tensor) or v.numel() == 1)}
@@ -116,16 +115,21 @@ class MetaTrainJob:
 
     @torch.no_grad()
     def _panel(self, task: dict[str, Any]) -> Any:
-        from mlof.train.pretrain import panel
-
         was_training = self.model.training
         self.model.eval()
         out = self.model(task["img1"][:1], task["img2"][:1], iters=self.cfg.meta.iters)
         self.model.train(was_training)
-        return panel(task, out.flow)
+        return batch_panel(task, out.flow)
 
     def state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.trainer.state_dict()}
 
     def load_state_dict(self, ckpt: dict[str, Any]) -> None:
         self.trainer.load_state_dict(ckpt["optimizer"])
+
+
+def main(cfg: DictConfig, progress: bool = True) -> int:
+    """``mlof meta-train``: meta-train (one process or one torchrun rank) and print where the run went."""
+    report_training("meta-train", run_training(MetaTrainJob, cfg, resume=cfg.resume, overwrite=cfg.overwrite,
+                                               progress=progress))
+    return 0
