@@ -13,6 +13,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from backbones.base import freeze_batchnorm
 from mlof.meta.guard import NonFiniteError
 from mlof.train.config import ConfigError, DataConfig, LogConfig, ModelConfig, RunConfig
 from mlof.train.distributed import DistContext, all_ranks_true, reduce_metrics, sync_gradients
@@ -20,7 +21,7 @@ from mlof.train.engine import StepOutput
 from mlof.train.sampling import StepPlan, step_loader
 from mlof.train.setup import PYRAMID_NETWORKS, build_data, build_model, collate
 
-__all__ = ["OptimConfig", "PretrainConfig", "PretrainJob", "build_optimizer", "freeze_batchnorm", "loss_total",
+__all__ = ["OptimConfig", "PretrainConfig", "PretrainJob", "build_optimizer", "loss_total",
            "panel"]
 
 
@@ -77,13 +78,6 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, total_steps: int
     return opt, sched
 
 
-def freeze_batchnorm(model: nn.Module) -> None:
-    """Put every BatchNorm layer in eval mode (running statistics fixed), as RAFT's ``freeze_bn``."""
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.eval()
-
-
 def loss_total(out: Any) -> torch.Tensor:
     """The scalar of a loss function's result (a tensor, a LossOutput, or a (loss, metrics) tuple)."""
     if isinstance(out, torch.Tensor):
@@ -137,12 +131,9 @@ class PretrainJob:
         if self.loss_kind == "sequence":
             return loss_total(losses.sequence_loss(flows, gt, valid, gamma=self.cfg.gamma,
                                                    max_flow=self.cfg.max_flow))
-        # Pyramid networks: per-level flows at their own resolution, finest first (mlof.losses convention).
-        from mlof.losses.supervised import PWC_WEIGHTS
-
-        levels = out.extras.get("pyramid_flows") or flows
-        levels = list(reversed(levels))[:len(PWC_WEIGHTS)]
-        return loss_total(losses.multilevel_loss(levels, gt, valid))
+        # Pyramid networks: per-level flows at their own resolution, finest first, with the network's weights.
+        levels, weights = losses.pyramid_supervision(self.model, out)
+        return loss_total(losses.multilevel_loss(levels, gt, valid, weights=weights))
 
     def train_step(self, step: int, batch: dict[str, Any], want_images: bool) -> StepOutput:
         from mlof.metrics import flow_metrics

@@ -1,4 +1,5 @@
-"""Where the frames of ``mlof adapt`` / ``mlof infer`` come from, and the shipped default checkpoint.
+"""Where the frames of ``mlof adapt`` / ``mlof infer`` come from (the shipped default checkpoint is named in
+``mlof.checkpoint``: ``DEFAULT_CHECKPOINT``, ``resolve_checkpoint``).
 
 An input is one of:
 
@@ -17,21 +18,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from mlof.checkpoint import DEFAULT_CHECKPOINT, resolve_checkpoint
+
 __all__ = ["DEFAULT_CHECKPOINT", "resolve_checkpoint", "open_pairs", "pairs_to_frames", "VIDEO_EXTENSIONS"]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_CHECKPOINT = REPO_ROOT / "checkpoints" / "mlof_default.pt"
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
-
-
-def resolve_checkpoint(path: str | None) -> str | None:
-    """``"default"`` -> the shipped ``checkpoints/mlof_default.pt`` (error if absent); other values unchanged."""
-    if path != "default":
-        return path
-    if not DEFAULT_CHECKPOINT.is_file():
-        raise FileNotFoundError(f"the default checkpoint {DEFAULT_CHECKPOINT} is missing (it ships with the "
-                                f"repository; see checkpoints/README.md), or give model.checkpoint=PATH")
-    return str(DEFAULT_CHECKPOINT)
 
 
 def _clip_pairs() -> list[dict[str, Any]]:
