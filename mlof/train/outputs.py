@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from backbones.registry import read_checkpoint_file
+from backbones.checkpoint import read_checkpoint_file
 from mlof.train.config import ConfigError, diff_keys, to_dict
 from mlof.train.rundir import RunDir, jsonable
 from mlof.utils import atomic_open
