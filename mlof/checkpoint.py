@@ -39,7 +39,7 @@ __all__ = ["FORMAT", "VERSION", "DEFAULT_CHECKPOINT", "CheckpointError", "Checkp
 
 # The shipped default checkpoint (package data, so it resolves in any install); ``default`` names it for
 # ``mlof.load`` and ``model.checkpoint=default``. The one place that says where it is.
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "mlof_default.pt"
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "mlof_default.pt"
 _RESERVED = ("format", "version", "backbone", "state_dict")
 
 

@@ -2,6 +2,9 @@
 read once, strict errors naming keys, and the shipped default checkpoint."""
 from __future__ import annotations
 
+import configparser
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -82,7 +85,11 @@ def test_strict_mismatch_names_the_keys(tmp_path, small_sd):
 
 
 def test_default_checkpoint_is_package_data_and_loads_by_name():
-    assert DEFAULT_CHECKPOINT.is_file() and DEFAULT_CHECKPOINT.parent == mlof.checkpoint.Path(mlof.__file__).parent / "assets"
+    assert DEFAULT_CHECKPOINT.is_file()
+    assert DEFAULT_CHECKPOINT.parent == Path(mlof.__file__).resolve().parent / "checkpoints"   # inside the package
+    data = configparser.ConfigParser(interpolation=None)
+    data.read(Path(mlof.__file__).resolve().parents[1] / "setup.cfg")
+    assert "checkpoints/*.pt" in data["options.package_data"]["mlof"]
     model = mlof.load("default")
     assert type(model).__name__ == "RAFTSmall" and not model.training
     assert _same_weights(model, mlof.load(DEFAULT_CHECKPOINT).state_dict())

@@ -102,7 +102,7 @@ def test_wheel_contains_packages_and_assets(tmp_path: Path):
     (whl,) = tmp_path.glob("mlof-*.whl")
     names = set(zipfile.ZipFile(whl).namelist())
     for required in ("mlof/__init__.py", "mlof/io.py", "backbones/__init__.py", "mlof/assets/clip.json",
-                     "mlof/assets/frame_0001.png", "mlof/assets/flow_frame_0002.flo", "mlof/assets/mlof_default.pt"):
+                     "mlof/assets/frame_0001.png", "mlof/assets/flow_frame_0002.flo", "mlof/checkpoints/mlof_default.pt"):
         assert required in names, required
     assert not any(n.startswith("tests/") for n in names)
     entry = next(n for n in names if n.endswith("entry_points.txt"))

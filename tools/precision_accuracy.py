@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python tools/precision_accuracy.py [--adapt] [--threads 1]
 
-For the shipped RAFT-small (mlof/assets/mlof_default.pt) on every sample with ground truth (the 50x50 Chairs crop is too small): EPE in fp32 and
+For the shipped RAFT-small (mlof/checkpoints/mlof_default.pt) on every sample with ground truth (the 50x50 Chairs crop is too small): EPE in fp32 and
 bf16 and the mean |flow difference|; for RAFT and GMA with the reference rule weights
 (../shared/reference/rule_weights.py) on the Sintel sample: the mean and max flow difference (rule weights
 give no meaningful EPE). ``--adapt`` also adapts RAFT-small (3 default steps) on the Sintel clean pair in both

@@ -19,7 +19,7 @@ PYRAMID_NETWORKS = frozenset({"liteflownet2", "upflow"})
 
 
 DEMO_MODEL_WARNING = (
-    "the default checkpoint (mlof/assets/mlof_default.pt) is a CPU demonstration model (RAFT-small, about 1 h of CPU training on synthetic "
+    "the default checkpoint (mlof/checkpoints/mlof_default.pt) is a CPU demonstration model (RAFT-small, about 1 h of CPU training on synthetic "
     "frames): on real frames it is worse than zero flow. For real use take official weights: `mlof fetch "
     "raft-things` and model.checkpoint=raft-things (`mlof weights` lists them)")
 
