@@ -150,7 +150,8 @@ class MatchingUnit(_Block):
 
     def forward(self, feat1: torch.Tensor, feat2: torch.Tensor, upflow: torch.Tensor | None,
                 multiplier: float) -> torch.Tensor:
-        warped = feat2 if upflow is None else warp(feat2, upflow * multiplier, mask_threshold=WARP_MASK_THRESHOLD, strict=True)
+        warped = feat2 if upflow is None else warp(feat2, upflow * multiplier, mask_threshold=WARP_MASK_THRESHOLD,
+                                                   strict=True)
         corr = cost_volume(feat1, warped, MAX_DISPLACEMENT, stride=self.stride, dilation_patch=self.stride)
         corr = F.leaky_relu(corr, 0.1)
         if self.stride > 1:
