@@ -10,14 +10,17 @@
 
 `backbones` never imports `mlof`: it is usable on its own.
 """
-from backbones.base import FlowOutput, InputPadder, validate_images
-from backbones.registry import (available, build, capabilities, count_parameters, load_weights, param_groups,
-                                read_checkpoint_file, register)
+from backbones.base import Capabilities, FlowOutput, InputPadder, InvalidImageError, validate_images
+from backbones.builder import build, build_from_checkpoint
+from backbones.checkpoint import (Checkpoint, CheckpointError, CheckpointMismatchError, load_weights, read_checkpoint,
+                                  read_checkpoint_file)
+from backbones.registry import available, capabilities, count_parameters, param_groups, register
 from backbones import weights
 
 __all__ = [
-    "FlowOutput", "InputPadder", "validate_images",
-    "available", "build", "capabilities", "param_groups", "register", "load_weights", "count_parameters",
+    "Capabilities", "FlowOutput", "InputPadder", "InvalidImageError", "validate_images",
+    "available", "build", "build_from_checkpoint", "capabilities", "param_groups", "register", "count_parameters",
+    "Checkpoint", "CheckpointError", "CheckpointMismatchError", "load_weights", "read_checkpoint",
     "read_checkpoint_file",
     "weights",
 ]

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import sys
 
-from backbones.registry import available, build, count_parameters
+from backbones.builder import build
+from backbones.registry import available, count_parameters
 
 
 def main() -> int:

@@ -33,6 +33,8 @@ import zipfile
 from pathlib import Path
 from typing import Callable
 
+from backbones.checkpoint import load_weights
+from backbones.registry import factory
 from backbones.weights import WeightEntry, cache_dir, cache_path, get
 
 __all__ = ["fetch", "verify", "git_blob_id", "sha256_file", "recorded_checksums", "manual_instructions",
@@ -111,10 +113,7 @@ def _record(entry: WeightEntry, path: Path, digest: str, source: str) -> None:
 
 def _check_keys(entry: WeightEntry, path: Path) -> None:
     """Load ``path`` strictly into a fresh ``entry.backbone``: every key and shape must match."""
-    from backbones.registry import build, load_weights
-
-    model = build(entry.backbone, **entry.options)
-    load_weights(model, path, strict=True)
+    load_weights(factory(entry.backbone)(**entry.options), path, strict=True)
 
 
 def verify(entry: WeightEntry | str, path: str | os.PathLike, source: str = "download",
@@ -143,7 +142,7 @@ def verify(entry: WeightEntry | str, path: str | os.PathLike, source: str = "dow
     if check_keys:
         try:
             _check_keys(entry, path)
-        except ValueError as e:  # CheckpointMismatchError: unreadable file or wrong keys
+        except ValueError as e:  # CheckpointError: unreadable file or wrong keys
             raise ChecksumError(f"{entry.name}: {path} does not load into {entry.backbone!r}: "
                                 f"{str(e).splitlines()[0]}") from e
         how.append(f"keys of {entry.backbone}")

@@ -23,7 +23,8 @@ from torch import nn
 
 from backbones.base import (PRECISIONS, Capabilities, FlowOutput, InputPadder, as_float32, check_precision,
                             precision_autocast, validate_images)
-from backbones.layers.pwc import cost_volume, warp
+from backbones.layers.grid import warp
+from backbones.layers.pwc import cost_volume
 from backbones.registry import register
 
 __all__ = ["LiteFlowNet2", "CONFIGS", "LOSS_WEIGHTS", "BilinearUpsample"]
@@ -45,7 +46,8 @@ S_CHANNELS = (128, 128, 96, 64, 32)
 R_CHANNELS = (128, 128, 64, 64, 32, 32)
 # Warped features keep a pixel where the bilinear sum of ones exceeds 0.9999 (mmflow Warp(use_mask=True)).
 WARP_MASK_THRESHOLD = 0.9999
-# Multi-level EPE weights of the paper and mmflow ("level0" = the level-3 flow upsampled to full resolution).
+# Multi-level EPE weights of the paper and mmflow (configs/_base_/models/liteflownet2/*.py: MultiLevelEPE), the one
+# home of these numbers; "level0" = the level-3 flow upsampled to full resolution.
 LOSS_WEIGHTS = {"level6": 0.32, "level5": 0.08, "level4": 0.02, "level3": 0.01, "level0": 6.25e-4}
 # mmflow's model-zoo configurations: decoded levels, whether the last level has R, whether "level0" is trained.
 CONFIGS: dict[str, dict] = {
@@ -148,7 +150,8 @@ class MatchingUnit(_Block):
 
     def forward(self, feat1: torch.Tensor, feat2: torch.Tensor, upflow: torch.Tensor | None,
                 multiplier: float) -> torch.Tensor:
-        warped = feat2 if upflow is None else warp(feat2, upflow * multiplier, WARP_MASK_THRESHOLD, strict=True)
+        warped = feat2 if upflow is None else warp(feat2, upflow * multiplier, mask_threshold=WARP_MASK_THRESHOLD,
+                                                   strict=True)
         corr = cost_volume(feat1, warped, MAX_DISPLACEMENT, stride=self.stride, dilation_patch=self.stride)
         corr = F.leaky_relu(corr, 0.1)
         if self.stride > 1:
@@ -167,7 +170,7 @@ class SubpixelUnit(_Block):
 
     def forward(self, feat1: torch.Tensor, feat2: torch.Tensor, flow: torch.Tensor,
                 multiplier: float) -> torch.Tensor:
-        warped = warp(feat2, flow * multiplier, WARP_MASK_THRESHOLD, strict=True)
+        warped = warp(feat2, flow * multiplier, mask_threshold=WARP_MASK_THRESHOLD, strict=True)
         return flow + self.pred_flow(self.layers(torch.cat((feat1, warped, flow), dim=1)))
 
 
@@ -189,7 +192,7 @@ class RegularizationUnit(_Block):
 
     def forward(self, img1: torch.Tensor, img2: torch.Tensor, feat: torch.Tensor, flow: torch.Tensor,
                 multiplier: float) -> torch.Tensor:
-        warped = warp(img2, flow * multiplier, WARP_MASK_THRESHOLD, strict=True)
+        warped = warp(img2, flow * multiplier, mask_threshold=WARP_MASK_THRESHOLD, strict=True)
         diff = torch.norm(img1 - warped, p=2, dim=1, keepdim=True)
         flow_nomean = flow - flow.mean(dim=(2, 3), keepdim=True)
         dist = self.dist_layer(self.layers(torch.cat((diff, flow_nomean, feat), dim=1)))
@@ -254,6 +257,7 @@ class NetE(nn.Module):
         return preds
 
 
+@register("liteflownet2")
 class LiteFlowNet2(nn.Module):
     """LiteFlowNet2 in one of mmflow's model-zoo configurations (``config``, see ``CONFIGS``).
 
@@ -265,15 +269,12 @@ class LiteFlowNet2(nn.Module):
     out.flow     N x 2 x H x W: the finest decoded level upsampled bilinearly to the input size, x 20 (pixels).
     out.flow_low None (no warm start).
     out.flows    (training or return_all) every decoded level upsampled the same way, coarse to fine.
-    out.extras   "pyramid_flows": coarse -> fine flows at their level's resolution in that level's pixels;
-                 "raw_flows": {"level6": ..., ...} the stored flows (full-resolution pixels / 20, padded grid),
-                 what ``training_loss`` consumes; "pad": [left, right, top, bottom] padding applied.
+    out.pyramid  the decoded flows at their level's resolution in that level's pixels, finest first.
+    out.extras   "raw_flows": {"level6": ..., ...} the stored flows (full-resolution pixels / 20, padded grid);
+                 "pad": [left, right, top, bottom] padding applied.
 
-    ``loss_weights`` holds the paper's multi-level weights; ``training_loss`` is mmflow's MultiLevelEPE (L2 EPE
-    summed over pixels, averaged over the batch, ground truth / 20 average-pooled to each level).
+    Supervised training weights the levels by ``LOSS_WEIGHTS`` (``pyramid_loss_weights``).
     """
-
-    loss_weights: dict[str, float] = dict(LOSS_WEIGHTS)
 
     capabilities = Capabilities(iterations=False, precisions=PRECISIONS)
 
@@ -315,10 +316,12 @@ class LiteFlowNet2(nn.Module):
                                for m in ("NetR", "rfeat_layer") if m in dec[f"level{lv}"]],
         }
 
-    def active_loss_weights(self) -> dict[str, float]:
-        """The weights of the levels this configuration predicts (what mmflow trains it with)."""
-        names = [f"level{level}" for level in self.decoder.levels] + (["level0"] if self.full_res_loss else [])
-        return {k: LOSS_WEIGHTS[k] for k in names}
+    def pyramid_loss_weights(self) -> tuple[float, ...]:
+        """``LOSS_WEIGHTS`` of this configuration, finest first, aligned with ``[out.flow, *out.pyramid]``: the
+        full-resolution flow ("level0": 0 for the stages mmflow does not train it in), then every decoded level
+        (what ``mlof pretrain`` trains it with, through ``mlof.losses.pyramid_supervision``)."""
+        full_res = LOSS_WEIGHTS["level0"] if self.full_res_loss else 0.0
+        return (full_res, *(LOSS_WEIGHTS[f"level{level}"] for level in reversed(self.decoder.levels)))
 
     def normalize(self, image: torch.Tensor) -> torch.Tensor:
         """RGB 0..255 -> BGR / 255 minus mmflow's means."""
@@ -348,47 +351,9 @@ class LiteFlowNet2(nn.Module):
             return padder.unpad(F.interpolate(flow, size=size, mode="bilinear", align_corners=False) * FLOW_DIV)
 
         levels = self.decoder.levels
-        out = FlowOutput(flow=full_res(preds[levels[-1]]), extras={
-            "pyramid_flows": [preds[lv] * NetE.multiplier(lv) for lv in levels],
-            "raw_flows": {f"level{lv}": preds[lv] for lv in levels},
-            "pad": padder.pad})
+        out = FlowOutput(flow=full_res(preds[levels[-1]]),
+                         pyramid=[preds[lv] * NetE.multiplier(lv) for lv in reversed(levels)],
+                         extras={"raw_flows": {f"level{lv}": preds[lv] for lv in levels}, "pad": padder.pad})
         if self.training or return_all:
             out.flows = [full_res(preds[lv]) for lv in levels[:-1]] + [out.flow]
         return out
-
-    def training_loss(self, out: FlowOutput, flow_gt: torch.Tensor,
-                      valid: torch.Tensor | None = None) -> torch.Tensor:
-        """mmflow's MultiLevelEPE for this configuration (weights ``active_loss_weights()``).
-
-        flow_gt: N x 2 x H x W in pixels on the input grid; valid: N x H x W (bool or 0/1), default all valid.
-        Padded borders count as invalid. Returns a scalar: sum over levels of weight * sum of L2 EPE (in /20
-        units) over valid pixels / N.
-        """
-        if flow_gt.dim() != 4 or flow_gt.shape[1] != 2:
-            raise ValueError(f"flow_gt must be N x 2 x H x W, got {tuple(flow_gt.shape)}")
-        n = flow_gt.shape[0]
-        valid = torch.ones_like(flow_gt[:, 0]) if valid is None else (valid >= 0.5).to(flow_gt.dtype)
-        pad = out.extras["pad"]
-        target = F.pad(flow_gt, pad) / FLOW_DIV
-        valid = F.pad(valid, pad)[:, None]
-        raw = out.extras["raw_flows"]
-        loss = flow_gt.new_zeros(())
-        for name, weight in self.active_loss_weights().items():
-            if name == "level0":
-                pred = F.interpolate(raw[f"level{self.decoder.levels[-1]}"], size=target.shape[-2:],
-                                     mode="bilinear", align_corners=False)
-                tgt, val = target, valid
-            else:
-                pred = raw[name]
-                tgt = F.adaptive_avg_pool2d(target, pred.shape[-2:])
-                val = F.adaptive_max_pool2d(valid, pred.shape[-2:])
-            epe = torch.norm(pred - tgt, p=2, dim=1, keepdim=True) * val
-            loss = loss + epe.sum() / n * weight
-        return loss
-
-
-@register("liteflownet2")
-def build_liteflownet2(config: str = "full", precision: str = "fp32") -> LiteFlowNet2:
-    """``config``: "full" (default), "pre" (= "pre-M3S3R3", same architecture), "pre-M4S4R4", "pre-M5S5R5",
-    "pre-M6S6R6", "pre-M6S6"."""
-    return LiteFlowNet2(config=config, precision=precision)

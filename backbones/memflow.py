@@ -18,11 +18,12 @@ Calls:
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Sequence
 
 import torch
 
-from backbones.base import FlowOutput, InputPadder
+from backbones.base import FlowOutput, InputPadder, InvalidImageError
 from backbones.layers.attention import Attention
 from backbones.layers.encoders import BasicEncoder
 from backbones.layers.grid import coords_grid
@@ -49,6 +50,7 @@ class MemFlow(RAFTBase):
     ``corr_memory_budget``).
     """
 
+    capabilities = replace(RAFTBase.capabilities, video_memory=True)
     memory_family = "memflow"
 
     def __init__(self, *, decoder_depth: int = 15, train_avg_length: float = TRAIN_AVG_LENGTH["things"],
@@ -106,13 +108,15 @@ class MemFlow(RAFTBase):
 
     # ---------------------------------------------------------------------------------------------- calls
     def forward(self, image1: torch.Tensor, image2: torch.Tensor, iters: int | None = None,
-                flow_init: torch.Tensor | None = None, return_all: bool = False, **kwargs: Any) -> FlowOutput:
+                flow_init: torch.Tensor | None = None, return_all: bool = False, bidirectional: bool = False,
+                flow_init_bw: torch.Tensor | None = None) -> FlowOutput:
         """Flow image1 -> image2 with an empty memory (see :meth:`RAFTBase.forward` for the arguments).
 
         ``iters`` defaults to ``decoder_depth``. The official evaluation uses 15, the reference outputs 12.
         """
         iters = self.decoder_depth if iters is None else iters
-        return super().forward(image1, image2, iters=iters, flow_init=flow_init, return_all=return_all, **kwargs)
+        return super().forward(image1, image2, iters=iters, flow_init=flow_init, return_all=return_all,
+                               bidirectional=bidirectional, flow_init_bw=flow_init_bw)
 
     def step(self, image1: torch.Tensor, image2: torch.Tensor, memory: MotionMemory | None = None,
              iters: int | None = None, flow_init: torch.Tensor | None = None, return_all: bool = False,
@@ -152,7 +156,7 @@ class MemFlow(RAFTBase):
         self._check_call(clip[:, 0], clip[:, 1], iters)                 # sizes, dtype, channels
         if not bool(torch.isfinite(clip).all()):
             bad = [i for i in range(t) if not bool(torch.isfinite(clip[:, i]).all())]
-            raise ValueError(f"frame {bad[0]} contains NaN or inf pixels")
+            raise InvalidImageError(f"frame {bad[0]} contains NaN or inf pixels")
         memory.check_image_size(*clip.shape[-2:])
         clip = clip.to(next(self.parameters()).dtype)
         padder = self.padder(clip.shape)
@@ -196,27 +200,27 @@ class MemFlow(RAFTBase):
 
     @staticmethod
     def _as_clip(frames: Sequence[torch.Tensor] | torch.Tensor) -> torch.Tensor:
-        """Frames in any accepted layout -> N x T x 3 x H x W (ValueError naming the problem otherwise)."""
+        """Frames in any accepted layout -> N x T x 3 x H x W (``InvalidImageError`` naming the problem otherwise)."""
         if isinstance(frames, torch.Tensor):
             if frames.dim() == 4:
                 clip = frames[None]
             elif frames.dim() == 5:
                 clip = frames
             else:
-                raise ValueError(f"frames must be T x 3 x H x W or N x T x 3 x H x W, got shape "
+                raise InvalidImageError(f"frames must be T x 3 x H x W or N x T x 3 x H x W, got shape "
                                  f"{tuple(frames.shape)}")
         elif isinstance(frames, (list, tuple)) and all(isinstance(f, torch.Tensor) for f in frames):
             items = [f[0] if f.dim() == 4 and f.shape[0] == 1 else f for f in frames]
             bad = [i for i, f in enumerate(items) if f.dim() != 3]
             if bad:
-                raise ValueError(f"frames[{bad[0]}] must be 3 x H x W (or 1 x 3 x H x W), got shape "
+                raise InvalidImageError(f"frames[{bad[0]}] must be 3 x H x W (or 1 x 3 x H x W), got shape "
                                  f"{tuple(frames[bad[0]].shape)}")
             shapes = {tuple(f.shape) for f in items}
             if len(shapes) > 1:
-                raise ValueError(f"all frames must have the same shape, got {sorted(shapes)}")
+                raise InvalidImageError(f"all frames must have the same shape, got {sorted(shapes)}")
             clip = torch.stack(items)[None] if items else None
         else:
-            raise ValueError(f"frames must be a tensor or a list of tensors, got {type(frames).__name__}")
+            raise InvalidImageError(f"frames must be a tensor or a list of tensors, got {type(frames).__name__}")
         if clip is None or clip.shape[1] < 2:
-            raise ValueError(f"frames must hold at least 2 frames, got {0 if clip is None else clip.shape[1]}")
+            raise InvalidImageError(f"frames must hold at least 2 frames, got {0 if clip is None else clip.shape[1]}")
         return clip

@@ -29,7 +29,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from backbones.layers.grid import bilinear_sampler
 
 __all__ = ["SampledCorrBlock", "ExportWrapper", "export_onnx", "EXPORTABLE", "MIN_OPSET"]
 

@@ -26,8 +26,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from backbones.base import (PRECISIONS, Capabilities, FlowOutput, InputPadder, check_precision, precision_autocast,
-                            validate_images)
+from backbones.base import (PRECISIONS, Capabilities, FlowOutput, InputPadder, check_precision, freeze_batchnorm,
+                            precision_autocast, validate_images)
 from backbones.layers.corr import CORR_KINDS, DEFAULT_MEMORY_BUDGET, build_corr, dense_corr_bytes
 from backbones.layers.encoders import BasicEncoder, SmallEncoder
 from backbones.layers.grid import coords_grid
@@ -99,7 +99,7 @@ class RAFTBase(nn.Module):
     """
 
     # What the family supports (``backbones.capabilities``); subclasses extend ``memory``.
-    capabilities = Capabilities(iterations=True, corr=CORR_KINDS, precisions=PRECISIONS,
+    capabilities = Capabilities(iterations=True, warm_start=True, corr=CORR_KINDS, precisions=PRECISIONS,
                                 memory=("memory_budget",) + MEMORY_SAVERS, bidirectional=True)
     memory_family = "raft"      # key of the per-iteration estimate in backbones.memory_plan
     encoder_kind = "basic"
@@ -183,9 +183,7 @@ class RAFTBase(nn.Module):
     def train(self, mode: bool = True) -> "RAFTBase":
         super().train(mode)
         if self._freeze_bn:
-            for m in self.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
+            freeze_batchnorm(self)
         return self
 
     def param_group_prefixes(self) -> dict[str, list[str]]:
@@ -347,8 +345,8 @@ class RAFTBase(nn.Module):
         flow_init: optional warm start, the coarse flow N x 2 x H'/8 x W'/8 on the padded grid (a previous
         ``out.flow_low``). Returns FlowOutput(flow N x 2 x H x W, flow_low on the padded 1/8 grid,
         flows = every iteration's full-res flow when training or ``return_all``, else []).
-        bidirectional=True also estimates image2 -> image1 from the same features (one encoder pass) and puts
-        it in ``extras``: ``flow_bw``, ``flow_bw_low``, ``flows_bw`` (warm start: ``flow_init_bw``).
+        bidirectional=True also estimates image2 -> image1 from the same features (one encoder pass) into
+        ``out.flow_bw``, ``out.flow_bw_low``, ``out.flows_bw`` (warm start: ``flow_init_bw``).
         """
         self._check_call(image1, image2, iters)
         padder = self.padder(image1.shape)
@@ -387,12 +385,8 @@ class RAFTBase(nn.Module):
         flows = [padder.unpad(f) for f in flows]
         if not bidirectional:
             return FlowOutput(flow=flow, flow_low=flow_low, flows=flows)
-        extras = {"flow_bw": flow[n:], "flow_bw_low": flow_low[n:], "flows_bw": [f[n:] for f in flows]}
-        return FlowOutput(flow=flow[:n], flow_low=flow_low[:n], flows=[f[:n] for f in flows], extras=extras)
-
-    def forward_bidirectional(self, image1: torch.Tensor, image2: torch.Tensor, **kwargs: Any) -> FlowOutput:
-        """``forward(..., bidirectional=True)``: forward flow in ``flow``, backward flow in ``extras['flow_bw']``."""
-        return self.forward(image1, image2, bidirectional=True, **kwargs)
+        return FlowOutput(flow=flow[:n], flow_low=flow_low[:n], flows=[f[:n] for f in flows],
+                          flow_bw=flow[n:], flow_bw_low=flow_low[n:], flows_bw=[f[n:] for f in flows])
 
 
 @register("raft")

@@ -17,8 +17,9 @@ from torch import nn
 
 from backbones.base import (PRECISIONS, Capabilities, FlowOutput, as_float32, check_precision, precision_autocast,
                             validate_images)
-from backbones.layers.grid import coords_grid
-from backbones.layers.pwc import cost_volume, resize_flow, warp
+from backbones.layers.grid import coords_grid, warp
+from backbones.layers.pwc import cost_volume
+from backbones.layers.upsample import resize_flow
 from backbones.registry import register
 
 __all__ = ["UPFlow", "IMAGE_MEAN", "IMAGE_SCALE", "SEARCH_RANGE", "forward_backward_occlusion"]
@@ -126,7 +127,7 @@ class SelfGuidedUpsampler(nn.Module):
                out_flow: torch.Tensor | None = None) -> torch.Tensor:
         if flow.shape[-2:] != feat1.shape[-2:]:
             flow = resize_flow(flow, feat1.shape[-2:])
-        feat2_warped = warp(feat2, flow, WARP_MASK_THRESHOLD)
+        feat2_warped = warp(feat2, flow, mask_threshold=WARP_MASK_THRESHOLD)
         _, pred = self.dense_estimator_mask(torch.cat((feat1, feat2_warped), dim=1))
         inter_flow = pred[:, :2]
         mask = torch.sigmoid(pred[:, 2:3])
@@ -175,6 +176,7 @@ def _pad_amounts(h: int, w: int, min_side: int) -> list[int]:
     return [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2]
 
 
+@register("upflow")
 class UPFlow(nn.Module):
     """UPFlow network (3,494,549 parameters).
 
@@ -190,16 +192,18 @@ class UPFlow(nn.Module):
     out.flow_low    None (no warm start).
     out.flows       (training or return_all) the five pyramid flows, bilinearly upsampled to H x W and rescaled
                     (as the official 'upup' pyramid distillation does), coarse to fine, then out.flow.
-    out.extras      "pyramid_flows": list coarse -> fine of the decoded forward flows at their own resolution
-                    (1/64 ... 1/4 of the padded input, in pixels of that level); when bidirectional also
-                    "flow_bw" N x 2 x H x W, "pyramid_flows_bw", and "occ_fw"/"occ_bw" N x 1 x H x W (1 = visible).
+    out.pyramid     the decoded forward flows at their own resolution, finest first (1/4 ... 1/64 of the padded
+                    input, in pixels of that level).
+    when bidirectional also out.flow_bw N x 2 x H x W, out.pyramid_bw, and out.extras "occ_fw"/"occ_bw"
+                    N x 1 x H x W (1 = visible). (The constructor option, not a call keyword: mlof's adaptation
+                    runs the swapped pair as its own call, ``Capabilities.bidirectional`` is False.)
 
     The two directions run as two batches of N rather than one of 2N, and each image goes through the encoder
     on its own, as in the official code: convolution results depend on the batch size in the last float bit,
     and UPFlow's hard warping mask turns such bits into visible flow differences.
     """
 
-    capabilities = Capabilities(iterations=False, precisions=PRECISIONS, bidirectional=True)
+    capabilities = Capabilities(iterations=False, precisions=PRECISIONS)
 
     def __init__(self, bidirectional: bool = True, precision: str = "fp32") -> None:
         super().__init__()
@@ -239,7 +243,7 @@ class UPFlow(nn.Module):
             feat2_warped = feat2
         else:
             flow_up = self.sgi_model.refine(flow_up, red1, red2)
-            feat2_warped = warp(feat2, flow_up, WARP_MASK_THRESHOLD)
+            feat2_warped = warp(feat2, flow_up, mask_threshold=WARP_MASK_THRESHOLD)
         corr = cost_volume(_normalize_features(feat1), _normalize_features(feat2_warped), SEARCH_RANGE,
                            reduction="mean")
         corr = F.leaky_relu(corr, 0.1)
@@ -292,18 +296,12 @@ class UPFlow(nn.Module):
         def crop(t: torch.Tensor) -> torch.Tensor:
             return t[..., pad[2]:t.shape[-2] - pad[3], pad[0]:t.shape[-1] - pad[1]]
 
-        out = FlowOutput(flow=crop(final_fw), extras={"pyramid_flows": levels_fw})
+        out = FlowOutput(flow=crop(final_fw), pyramid=levels_fw[::-1])
         if self.bidirectional:
             final_bw, levels_bw = self._decode(x2, f2, r2, i2, f1, r1, i1)
             occ_fw, occ_bw = forward_backward_occlusion(final_fw, final_bw)
-            out.extras.update(flow_bw=crop(final_bw), pyramid_flows_bw=levels_bw, occ_fw=crop(occ_fw),
-                              occ_bw=crop(occ_bw))
+            out.flow_bw, out.pyramid_bw = crop(final_bw), levels_bw[::-1]
+            out.extras.update(occ_fw=crop(occ_fw), occ_bw=crop(occ_bw))
         if self.training or return_all:
             out.flows = [crop(resize_flow(f, x1.shape[-2:])) for f in levels_fw] + [out.flow]
         return out
-
-
-@register("upflow")
-def build_upflow(bidirectional: bool = True, precision: str = "fp32") -> UPFlow:
-    """The official test.py configuration; ``bidirectional=False`` skips the backward flow."""
-    return UPFlow(bidirectional=bidirectional, precision=precision)

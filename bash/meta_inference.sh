@@ -1,5 +1,5 @@
 #!/bin/sh
-# MLOF meta-inference with the quick CPU recipe: adapts the shipped checkpoints/mlof_default.pt on the clip
+# MLOF meta-inference with the quick CPU recipe: adapts the shipped mlof/checkpoints/mlof_default.pt on the clip
 # bundled with the package and prints the EPE before and after adaptation. Extra arguments pass through to
 # `mlof adapt`, e.g. `model.checkpoint=runs/quick_meta_train/checkpoints/latest.pt` (your meta-trained
 # weights), `input=path/to/frames_or_video pairs=null`, `online=true`.

@@ -17,7 +17,8 @@ A checkpoint is a plain dict (every value a tensor, number, string, list or dict
     image_range [0, 255]: the value range of the images it was trained on (a different one gives a warning)
 
 Official release files (RAFT, GMA, ...) carry no backbone name: load them with
-``mlof.load(path, backbone="raft")``.
+``mlof.load(path, backbone="raft")``. Reading and decoding, of every layout, is ``backbones.checkpoint`` (the one
+reader); this module writes mlof files, names the shipped default checkpoint and rebuilds networks (``load``).
 """
 from __future__ import annotations
 
@@ -28,18 +29,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from backbones.builder import build_from_checkpoint
+from backbones.checkpoint import FORMAT, VERSION, CheckpointError, read_checkpoint
+from backbones.registry import available
 from mlof.utils import atomic_open
 
-__all__ = ["FORMAT", "VERSION", "CheckpointError", "CheckpointWriteError", "save_checkpoint", "load_checkpoint", "load",
-           "is_mlof_checkpoint", "unwrap_model", "export_weights", "validate_checkpoint"]
+__all__ = ["FORMAT", "VERSION", "DEFAULT_CHECKPOINT", "CheckpointError", "CheckpointWriteError", "save_checkpoint",
+           "load_checkpoint", "load", "resolve_checkpoint", "is_mlof_checkpoint", "unwrap_model", "export_weights"]
 
-FORMAT = "mlof"
-VERSION = 1
+# The shipped default checkpoint (package data, so it resolves in any install); ``default`` names it for
+# ``mlof.load`` and ``model.checkpoint=default``. The one place that says where it is.
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "mlof_default.pt"
 _RESERVED = ("format", "version", "backbone", "state_dict")
-
-
-class CheckpointError(ValueError):
-    """A file is not a readable mlof checkpoint, or does not say how to rebuild its network."""
 
 
 class CheckpointWriteError(OSError):
@@ -95,46 +96,15 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra: Any) -> 
     return path
 
 
-def _read(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
-    """The file's object via ``torch.load(weights_only=True)``: pickled code is refused, never run."""
-    from backbones.registry import read_checkpoint_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        return read_checkpoint_file(path, map_location)
-    except (ValueError, OSError) as e:   # not a torch file, truncated, pickled objects weights_only refuses
-        raise CheckpointError(str(e)) from e
-
-
-def validate_checkpoint(obj: dict[str, Any], source: str | os.PathLike) -> None:
-    """Raise ``CheckpointError`` naming the entry if an mlof checkpoint's metadata is not sane.
-
-    Checked: ``version`` (int 1..VERSION), ``backbone`` ({name: a known network, options: dict}),
-    ``state_dict`` (a non-empty dict of tensors), ``step`` (int >= 0 when present).
-    """
-    import backbones
-
-    version = obj.get("version")
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise CheckpointError(f"{source}: checkpoint version {version!r} is not a version number")
-    if version > VERSION:
-        raise CheckpointError(f"{source}: checkpoint version {version!r} is newer than this mlof reads ({VERSION})")
-    spec = obj.get("backbone")
-    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-        raise CheckpointError(f"{source}: 'backbone' must be {{'name': str, 'options': dict}}, got {spec!r:.80}")
-    if spec["name"] not in backbones.available():
-        raise CheckpointError(f"{source}: backbone {spec['name']!r:.60} is not a known network (one of "
-                              f"{', '.join(backbones.available())})")
-    if not isinstance(spec.get("options", {}) or {}, dict):
-        raise CheckpointError(f"{source}: backbone options must be a dict, got {spec.get('options')!r:.80}")
-    sd = obj.get("state_dict")
-    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise CheckpointError(f"{source}: 'state_dict' must be a non-empty dict of tensors")
-    step = obj.get("step")
-    if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
-        raise CheckpointError(f"{source}: 'step' must be an int >= 0, got {step!r:.40}")
+def resolve_checkpoint(path: str | os.PathLike | None) -> str | os.PathLike | None:
+    """``"default"`` -> the shipped ``DEFAULT_CHECKPOINT`` (``FileNotFoundError`` if the install lacks it);
+    other values unchanged."""
+    if path != "default":
+        return path
+    if not DEFAULT_CHECKPOINT.is_file():
+        raise FileNotFoundError(f"the default checkpoint {DEFAULT_CHECKPOINT} is missing from this install "
+                                f"(it ships inside the mlof package), or give model.checkpoint=PATH")
+    return str(DEFAULT_CHECKPOINT)
 
 
 def is_mlof_checkpoint(obj: Any) -> bool:
@@ -143,49 +113,29 @@ def is_mlof_checkpoint(obj: Any) -> bool:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read an mlof checkpoint as its dict (``weights_only=True``); ``CheckpointError`` for anything else."""
-    obj = _read(path, map_location)
-    if not is_mlof_checkpoint(obj):
+    """Read an mlof checkpoint as its dict (``weights_only=True``, metadata checked); ``CheckpointError`` for
+    anything else."""
+    ckpt = read_checkpoint(resolve_checkpoint(path), map_location)
+    if not ckpt.is_mlof:
         raise CheckpointError(f"{path} is not an mlof checkpoint (no 'format': 'mlof' entry); official release "
                               f"files load with mlof.load(path, backbone=NAME)")
-    for key in ("backbone", "state_dict"):
-        if key not in obj:
-            raise CheckpointError(f"{path}: mlof checkpoint lacks its {key!r} entry")
-    validate_checkpoint(obj, path)
-    return obj
+    return ckpt.contents
 
 
 def load(path: str | os.PathLike, backbone: str | None = None, map_location: str | torch.device = "cpu",
          strict: bool = True, **options: Any) -> nn.Module:
     """Rebuild the network stored in ``path`` and return it in eval mode on ``map_location``.
 
-    mlof checkpoints rebuild from their stored backbone name and options. Official release files
-    (no stored name) need ``backbone=NAME`` (and the build ``options``, e.g. ``dataset="kitti"`` for
-    KPA-Flow): they load through ``backbones.build(NAME, checkpoint=path, **options)``.
+    path: a checkpoint of any layout ``backbones.build(..., checkpoint=)`` reads, or ``"default"`` (the shipped
+    model, ``DEFAULT_CHECKPOINT``). The file is read once. mlof checkpoints rebuild from their stored backbone
+    name and options (``options`` override them). Official release files (no stored name) need
+    ``backbone=NAME`` (and the build ``options``, e.g. ``dataset="kitti"`` for KPA-Flow).
     """
-    import backbones
-
-    obj = _read(path, "cpu")
-    if is_mlof_checkpoint(obj):
-        for key in ("backbone", "state_dict"):
-            if key not in obj:
-                raise CheckpointError(f"{path}: mlof checkpoint lacks its {key!r} entry")
-        validate_checkpoint(obj, path)
-        ckpt = obj
-        spec = ckpt["backbone"]
-        if backbone is not None and backbone != spec["name"]:
-            raise CheckpointError(f"{path} holds a {spec['name']!r} network, not {backbone!r}")
-        model = backbones.build(spec["name"], **{**spec.get("options", {}), **options})
-        try:
-            backbones.load_weights(model, ckpt, strict=strict)
-        except ValueError as e:
-            raise CheckpointError(str(e).replace("state dict", str(path), 1)) from e
-    else:
-        if backbone is None:
-            raise CheckpointError(f"{path} is not an mlof checkpoint and stores no backbone name; say which "
-                                  f"network it is: mlof.load(path, backbone=NAME), NAME one of "
-                                  f"{', '.join(backbones.available())}")
-        model = backbones.build(backbone, checkpoint=obj, strict=strict, **options)
+    ckpt = read_checkpoint(resolve_checkpoint(path))
+    if ckpt.backbone is None and backbone is None:
+        raise CheckpointError(f"{path} is not an mlof checkpoint and stores no backbone name; say which "
+                              f"network it is: mlof.load(path, backbone=NAME), NAME one of {', '.join(available())}")
+    model = build_from_checkpoint(ckpt, backbone, strict=strict, **options)
     return model.to(map_location).eval()
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import backbones
-from backbones.registry import CheckpointMismatchError
+from backbones.checkpoint import CheckpointError, CheckpointMismatchError
 from reference_utils import load_reference
 
 RAFT_FAMILY = ["raft", "raft_small", "gma"]
@@ -126,7 +126,7 @@ def test_unreadable_checkpoints_raise_clear_errors(tmp_path):
         backbones.build("raft_small", checkpoint=tmp_path / "nope.pth")
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointMismatchError, match="not a torch checkpoint .*'not a checkpoint'"):
+    with pytest.raises(CheckpointError, match="not a torch checkpoint .*'not a checkpoint'"):
         backbones.build("raft_small", checkpoint=junk)
 
 
@@ -200,12 +200,12 @@ def test_warm_start_uses_the_coarse_flow(small):
 def test_bidirectional_equals_two_calls(small):
     im1, im2 = _pair()
     with torch.no_grad():
-        both = small.forward_bidirectional(im1, im2, iters=3, return_all=True)
+        both = small(im1, im2, iters=3, return_all=True, bidirectional=True)
         fw, bw = small(im1, im2, iters=3), small(im2, im1, iters=3)
     assert (both.flow - fw.flow).abs().max() < 1e-4
-    assert (both.extras["flow_bw"] - bw.flow).abs().max() < 1e-4
-    assert (both.extras["flow_bw_low"] - bw.flow_low).abs().max() < 1e-4
-    assert len(both.flows) == len(both.extras["flows_bw"]) == 3
+    assert (both.flow_bw - bw.flow).abs().max() < 1e-4
+    assert (both.flow_bw_low - bw.flow_low).abs().max() < 1e-4
+    assert len(both.flows) == len(both.flows_bw) == 3
 
 
 def test_freeze_bn_keeps_batchnorm_statistics():

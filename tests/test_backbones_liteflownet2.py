@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 import backbones
 from backbones.liteflownet2 import CONFIGS, LOSS_WEIGHTS, BilinearUpsample, LiteFlowNet2
-from backbones.registry import CheckpointMismatchError
+from backbones.checkpoint import CheckpointMismatchError
+from mlof.losses import multilevel_loss, pyramid_supervision
 
 # Learnable parameters per configuration. "full"/"pre" is the published LiteFlowNet2 (6.42M in the TPAMI paper);
 # the pre-training stages are counted from mmflow's configs (they add one NetE level at a time).
@@ -97,7 +98,7 @@ def test_shapes_any_size(config):
     assert out.flow.shape == (im.shape[0], 2, 70, 90) and out.flow_low is None
     assert len(out.flows) == len(levels) and torch.equal(out.flows[-1], out.flow)
     assert out.extras["pad"] == [3, 3, 13, 13]                    # padded to 96 x 96
-    assert [tuple(f.shape[-2:]) for f in out.extras["pyramid_flows"]] == [(96 >> (lv - 1),) * 2 for lv in levels]
+    assert [tuple(f.shape[-2:]) for f in out.pyramid[::-1]] == [(96 >> (lv - 1),) * 2 for lv in levels]
     assert torch.isfinite(out.flow).all()
 
 
@@ -120,7 +121,7 @@ def test_flow_is_in_pixels_of_the_input():
         out = _constant_flow_net("pre-M6S6", 0.25, -0.1)(im1, im2)
     torch.testing.assert_close(out.flow[:, 0], torch.full((1, 64, 96), 5.0))
     torch.testing.assert_close(out.flow[:, 1], torch.full((1, 64, 96), -2.0))
-    torch.testing.assert_close(out.extras["pyramid_flows"][0][:, 0], torch.full((1, 2, 3), 5.0 / 32))
+    torch.testing.assert_close(out.pyramid[-1][:, 0], torch.full((1, 2, 3), 5.0 / 32))
     # With the regularisation unit: a constant flow stays constant away from the zero-padded border.
     with torch.no_grad():
         out = _constant_flow_net("pre-M6S6R6", 0.25, -0.1)(torch.rand(1, 3, 128, 160) * 255,
@@ -129,17 +130,23 @@ def test_flow_is_in_pixels_of_the_input():
     torch.testing.assert_close(raw[:, :, 1:-1, 1:-1], torch.tensor([0.25, -0.1]).view(1, 2, 1, 1).expand(1, 2, 2, 3))
 
 
-def test_training_loss_weights():
-    assert LiteFlowNet2.loss_weights == {"level6": 0.32, "level5": 0.08, "level4": 0.02, "level3": 0.01,
-                                         "level0": 6.25e-4} == LOSS_WEIGHTS
-    assert LiteFlowNet2("pre-M5S5R5").active_loss_weights() == {"level6": 0.32, "level5": 0.08}
+def test_pyramid_loss_weights_are_the_official_ones():
+    # mmflow configs/_base_/models/liteflownet2/*.py, MultiLevelEPE weights ("level0": full resolution)
+    assert LOSS_WEIGHTS == {"level6": 0.32, "level5": 0.08, "level4": 0.02, "level3": 0.01, "level0": 6.25e-4}
+    assert LiteFlowNet2("full").pyramid_loss_weights() == (6.25e-4, 0.01, 0.02, 0.08, 0.32)
+    assert LiteFlowNet2("pre-M5S5R5").pyramid_loss_weights() == (0.0, 0.08, 0.32)   # level0 not trained there
     model = _constant_flow_net("pre-M6S6", 0.25, 0.0)
     out = model(torch.rand(2, 3, 64, 64) * 255, torch.rand(2, 3, 64, 64) * 255)
-    gt = torch.zeros(2, 2, 64, 64)
-    # level 6 is 2 x 2: EPE 0.25 (in /20 units) at 4 pixels, summed, averaged over the batch, weight 0.32
-    torch.testing.assert_close(model.training_loss(out, gt), torch.tensor(0.32 * 4 * 0.25))
-    valid = torch.zeros(2, 64, 64, dtype=torch.bool)
-    assert model.training_loss(out, gt, valid) == 0
+    levels, weights = pyramid_supervision(model, out)          # what `mlof pretrain` trains it with
+    assert levels[0] is out.flow and levels[1:] == out.pyramid and weights == (0.0, 0.32)
+    # level 6 (2 x 2) predicts 5 px / 32 against a zero ground truth, weight 0.32; level0 weighs 0
+    loss, _ = multilevel_loss(levels, torch.zeros(2, 2, 64, 64), None, weights=weights)
+    torch.testing.assert_close(loss, torch.tensor(0.32 * 5 / 32))
+
+
+def _supervised_loss(model: LiteFlowNet2, img1: torch.Tensor, img2: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    levels, weights = pyramid_supervision(model, model(img1, img2))
+    return multilevel_loss(levels, flow, None, weights=weights)[0]
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -161,8 +168,6 @@ def test_bad_input_raises():
         model(a[..., :0], a[..., :0])
     with pytest.raises(ValueError, match="flow_init"):
         model(a, a, flow_init=torch.zeros(1, 2, 16, 16))
-    with pytest.raises(ValueError, match="flow_gt"):
-        model.training_loss(model(a, a), torch.zeros(1, 64, 64))
 
 
 def test_param_groups():
@@ -212,7 +217,7 @@ def test_training_step_fits_a_batch():
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     losses = []
     for _ in range(3):
-        loss = model.training_loss(model(batch[0], batch[1]), batch[2])
+        loss = _supervised_loss(model, batch[0], batch[1], batch[2])
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -232,7 +237,7 @@ def test_training_recovers_distinct_translations_of_a_batch():
     assert (flow[0, :, 0, 0] - flow[1, :, 0, 0]).norm() > 4
     opt = torch.optim.Adam(model.parameters(), lr=3e-4)
     for _ in range(60):
-        loss = model.training_loss(model(img1, img2), flow)
+        loss = _supervised_loss(model, img1, img2, flow)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -250,7 +255,7 @@ def test_training_lowers_epe_on_held_out_pairs():
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     for _ in range(30):
         img1, img2, flow = _translated_pairs(4, 64, gen)
-        loss = model.training_loss(model(img1, img2), flow)
+        loss = _supervised_loss(model, img1, img2, flow)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -9,8 +9,10 @@ import pytest
 import torch
 
 import backbones
-from backbones.layers.pwc import cost_volume, resize_flow, warp
-from backbones.registry import CheckpointMismatchError
+from backbones.layers.grid import warp
+from backbones.layers.pwc import cost_volume
+from backbones.layers.upsample import resize_flow
+from backbones.checkpoint import CheckpointMismatchError
 from backbones.upflow import UPFlow, forward_backward_occlusion
 from reference_utils import Reference, case_images, load_reference, rule_weights_for, state_dict_signature
 
@@ -55,12 +57,12 @@ def outputs(rule_model: UPFlow, ref: Reference, flow_samples: Path) -> dict[str,
     with torch.no_grad():
         for case in ("A", "B"):
             out = rule_model(*case_images(flow_samples, ref.meta, case))
-            res[f"{case}_flow"], res[f"{case}_flow_bw"] = out.flow, out.extras["flow_bw"]
+            res[f"{case}_flow"], res[f"{case}_flow_bw"] = out.flow, out.flow_bw
             if case == "A":
                 res["A_occ_fw"], res["A_occ_bw"] = out.extras["occ_fw"], out.extras["occ_bw"]
                 for i in range(5):   # official level i=0 is the finest (1/4); our lists run coarse to fine
-                    res[f"A_level{i}_flow_fw"] = out.extras["pyramid_flows"][4 - i]
-                    res[f"A_level{i}_flow_bw"] = out.extras["pyramid_flows_bw"][4 - i]
+                    res[f"A_level{i}_flow_fw"] = out.pyramid[i]
+                    res[f"A_level{i}_flow_bw"] = out.pyramid_bw[i]
     return {k: v.numpy() for k, v in res.items()}
 
 
@@ -130,13 +132,13 @@ def test_outputs_and_options():
         fw_only.load_state_dict(model.state_dict())
         out_fw = fw_only(im1, im2)
     assert out.flow.shape == (1, 2, 128, 144) and out.flow_low is None
-    assert [tuple(f.shape[-2:]) for f in out.extras["pyramid_flows"]] == [(2, 3), (4, 5), (8, 9), (16, 18),
+    assert [tuple(f.shape[-2:]) for f in out.pyramid[::-1]] == [(2, 3), (4, 5), (8, 9), (16, 18),
                                                                           (32, 36)]
     assert len(out.flows) == 6 and all(f.shape == out.flow.shape for f in out.flows)
     assert torch.equal(out.flows[-1], out.flow)
     assert out.extras["occ_fw"].shape == (1, 1, 128, 144)
     assert set(out.extras["occ_fw"].unique().tolist()) <= {0.0, 1.0}
-    assert torch.equal(out_fw.flow, out.flow) and "flow_bw" not in out_fw.extras
+    assert torch.equal(out_fw.flow, out.flow) and out_fw.flow_bw is None
     assert not out_fw.flows   # eval mode, no return_all
 
 
@@ -145,7 +147,7 @@ def test_small_and_odd_inputs_are_padded():
     with torch.no_grad():
         out = model(torch.rand(2, 3, 45, 70) * 255, torch.rand(2, 3, 45, 70) * 255)
     assert out.flow.shape == (2, 2, 45, 70) and torch.isfinite(out.flow).all()
-    assert [tuple(f.shape[-2:]) for f in out.extras["pyramid_flows"]] == [(2, 2), (4, 4), (8, 8), (16, 16),
+    assert [tuple(f.shape[-2:]) for f in out.pyramid[::-1]] == [(2, 2), (4, 4), (8, 8), (16, 16),
                                                                           (32, 32)]   # padded to 128 x 128
 
 

@@ -12,6 +12,7 @@ import torch
 import backbones
 from backbones.layers.corr import CorrBlock, OnDemandCorrBlock
 from backbones.onnx import SampledCorrBlock, export_onnx, torch_reference
+from mlof.checkpoint import DEFAULT_CHECKPOINT
 from mlof.cli import main
 
 onnx = pytest.importorskip("onnx", reason="needs the export extra: pip install 'mlof[export]'")
@@ -53,7 +54,7 @@ def test_sampled_corr_equals_dense_and_ondemand():
 # dense runs in the default suite through test_cli_export_checks_against_torch; here only with -m slow
 @pytest.mark.parametrize("corr", [pytest.param("dense", marks=pytest.mark.slow), "ondemand"])
 def test_raft_small_trained_checkpoint_matches_torch(tmp_path, corr):
-    model = backbones.build("raft_small", checkpoint="checkpoints/mlof_default.pt").eval()
+    model = backbones.build("raft_small", checkpoint=DEFAULT_CHECKPOINT).eval()
     before = copy.deepcopy(model.state_dict())
     h, w, iters = 64, 64, 2
     info = export_onnx(model, tmp_path / "m.onnx", size=(h, w), iters=iters, corr=corr)
@@ -79,7 +80,7 @@ def test_export_refuses_what_it_cannot_export(tmp_path):
 
 def test_cli_export_checks_against_torch(tmp_path, capsys):
     out = tmp_path / "raft_small.onnx"
-    rc = main(["export", "model.name=raft_small", "model.checkpoint=checkpoints/mlof_default.pt", f"out={out}",
+    rc = main(["export", "model.name=raft_small", "model.checkpoint=default", f"out={out}",
                "size=[64,80]", "iters=2", "-q"])
     assert rc == 0 and out.is_file()
     text = capsys.readouterr().out

@@ -429,7 +429,7 @@ def test_pyramid_distillation():
     val.backward()
     assert final.grad is None or float(final.grad.abs().sum()) == 0  # the label is detached
     assert float(coarse.grad.abs().sum()) > 0
-    exact = L.pyramid_distillation([L.upsample_flow(final.detach(), (8, 8))], final.detach())
+    exact = L.pyramid_distillation([L.resize_flow(final.detach(), (8, 8))], final.detach())
     assert math.isclose(float(exact), 2 * 0.01 ** 0.4, rel_tol=1e-5)  # 2 channels summed per masked pixel
     mask = torch.zeros(1, 1, 8, 8)
     assert float(L.pyramid_distillation([coarse], final, noc_mask=mask).detach()) == 0.0
@@ -529,14 +529,3 @@ def test_multilevel_loss_perfect_pyramid_and_sparse_gt():
     assert float(scaled) < 1e-4
     with pytest.raises(ValueError, match="weights"):
         L.multilevel_loss(levels * 3, gt, valid)
-
-
-def test_sequence_unsupervised_loss_weights_iterations():
-    loss = L.build_loss("mlof")
-    img1, img2 = _smooth_images(1, 12, 14), _smooth_images(1, 12, 14, seed=3)
-    flows = [_rand_flow(1, 12, 14, seed=s) for s in (1, 2, 3)]
-    out = L.sequence_unsupervised_loss(loss, img1, img2, flows, gamma=0.8)
-    expected = sum(0.8 ** (2 - i) * loss(img1, img2, f).total for i, f in enumerate(flows))
-    assert torch.allclose(out.total, expected) and torch.allclose(out.total, sum(out.terms.values()))
-    with pytest.raises(ValueError, match="flows_bw"):
-        L.sequence_unsupervised_loss(loss, img1, img2, flows, flows[:2])

@@ -28,11 +28,11 @@ def _run(name: str, train: bool, **options):
     model.train(train)
     im1, im2 = _pair()
     out = model(im1, im2, iters=3, bidirectional=True)
-    loss = out.flow.abs().mean() + out.extras["flow_bw"].square().mean() * 0.01 + out.flow_low.abs().mean()
+    loss = out.flow.abs().mean() + out.flow_bw.square().mean() * 0.01 + out.flow_low.abs().mean()
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     buffers = {n: b.clone() for n, b in model.named_buffers()}
-    return out.flow.detach(), out.extras["flow_bw"].detach(), grads, buffers
+    return out.flow.detach(), out.flow_bw.detach(), grads, buffers
 
 
 def _assert_same(a, b, atol=1e-4):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import backbones
-from backbones.registry import CheckpointMismatchError
+from backbones.checkpoint import CheckpointError, CheckpointMismatchError
 
 
 def test_mmcv_style_file_with_numpy_meta_loads(tmp_path):
@@ -26,5 +26,5 @@ def test_pickled_code_is_refused(tmp_path):
     path = tmp_path / "evil.pth"
     with open(path, "wb") as f:
         pickle.dump({"state_dict": {}, "payload": os.system}, f)
-    with pytest.raises(CheckpointMismatchError, match="evil.pth"):
+    with pytest.raises(CheckpointError, match="evil.pth"):
         backbones.build("raft_small", checkpoint=path)

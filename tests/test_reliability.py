@@ -311,7 +311,7 @@ def _extreme(kind: str) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def default_model():
-    return mlof.load(REPO / "checkpoints" / "mlof_default.pt")
+    return mlof.load("default")
 
 
 def test_extreme_images_with_a_huge_lr_give_finite_flows(default_model):

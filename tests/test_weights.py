@@ -128,7 +128,7 @@ def test_registry_lists_every_backbone_with_settings():
         assert e.backbone in backbones.available()
         key = (e.backbone, json.dumps(e.options, sort_keys=True))
         if key not in built:  # the recorded options build the network
-            backbones.registry._factory(e.backbone)(**e.options)
+            backbones.registry.factory(e.backbone)(**e.options)
             built.add(key)
     # the published git blob ids of shared/data/official-weights.md
     assert W.get("gma-things").git_blob == W.get("mlof-gma-things").git_blob == \

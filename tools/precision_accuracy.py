@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python tools/precision_accuracy.py [--adapt] [--threads 1]
 
-For the shipped RAFT-small (checkpoints/mlof_default.pt) on every sample with ground truth (the 50x50 Chairs crop is too small): EPE in fp32 and
+For the shipped RAFT-small (mlof/checkpoints/mlof_default.pt) on every sample with ground truth (the 50x50 Chairs crop is too small): EPE in fp32 and
 bf16 and the mean |flow difference|; for RAFT and GMA with the reference rule weights
 (../shared/reference/rule_weights.py) on the Sintel sample: the mean and max flow difference (rule weights
 give no meaningful EPE). ``--adapt`` also adapts RAFT-small (3 default steps) on the Sintel clean pair in both
@@ -69,7 +69,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print("| model | sample | EPE fp32 | EPE bf16 | mean abs diff (px) | max abs diff (px) |")
     print("|---|---|---|---|---|---|")
-    models = {p: mlof.load(str(ROOT / "checkpoints" / "mlof_default.pt")).eval() for p in ("fp32", "bf16")}
+    models = {p: mlof.load("default").eval() for p in ("fp32", "bf16")}
     models["bf16"].precision = "bf16"
     for label, f1, f2, fgt in _pairs():
         im1, im2 = _tensor(f1), _tensor(f2)

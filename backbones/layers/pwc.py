@@ -1,5 +1,5 @@
-"""Parts shared by the PWC-style pyramid networks (UPFlow, LiteFlowNet2): local cost volume, feature warping,
-flow resizing.
+"""The local cost volume of the PWC-style pyramid networks (UPFlow, LiteFlowNet2). (Their feature warping is
+``backbones.layers.grid.warp``, flow resizing ``backbones.layers.upsample.resize_flow``.)
 
 Everything is pure torch, differentiable and device-agnostic; none of it needs the CUDA-only correlation
 packages the official code bases ship.
@@ -9,9 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from backbones.layers.grid import coords_grid
-
-__all__ = ["cost_volume", "warp", "resize_flow", "DENSE_CORRELATION_MAX_ELEMENTS"]
+__all__ = ["cost_volume", "DENSE_CORRELATION_MAX_ELEMENTS"]
 
 
 # Up to this many elements in the product tensor (N * C * H' * W' * D^2; 2^24 floats = 64 MB) the cost volume
@@ -71,58 +69,3 @@ def cost_volume(feat1: torch.Tensor, feat2: torch.Tensor, max_displacement: int,
         prod = volume.permute(0, 3, 1, 2) * f1.reshape(n, 1, c, ho * wo)
         return reduce(prod, dim=2).reshape(n, -1, ho, wo)
     return torch.stack([reduce(f1 * shifted(y0, x0), dim=1) for y0, x0 in offsets], dim=1)
-
-
-def _sampling_grid(flow: torch.Tensor) -> torch.Tensor:
-    """grid_sample grid (N x H x W x 2, align_corners=True) for pixel positions ``x + flow(x)``.
-
-    Normalised exactly as the official code does (``2 * (x + u) / max(W - 1, 1) - 1``), so the sampled values
-    and the hard validity mask below are bit-compatible with it.
-    """
-    n, _, h, w = flow.shape
-    pos = coords_grid(n, h, w, device=flow.device, dtype=flow.dtype) + flow
-    gx = 2.0 * pos[:, 0] / max(w - 1, 1) - 1.0
-    gy = 2.0 * pos[:, 1] / max(h - 1, 1) - 1.0
-    return torch.stack((gx, gy), dim=-1)
-
-
-def warp(x: torch.Tensor, flow: torch.Tensor, mask_threshold: float | None = None,
-         strict: bool = False) -> torch.Tensor:
-    """Backward warp: ``out(p) = x(p + flow(p))`` by bilinear sampling with zero padding.
-
-    x: N x C x H x W; flow: N x 2 x H x W in pixels (x then y). Returns N x C x H x W.
-    mask_threshold: if given, zero every output pixel whose bilinear weights over in-image pixels (the result of
-    warping a tensor of ones) is below the threshold, as the official PWC-family layers do: UPFlow keeps
-    ``ones_warped >= 1.0`` (``strict=False``), mmflow keeps ``ones_warped > 0.9999`` (``strict=True``).
-    UPFlow's hard ``>= 1.0`` test sits on float rounding for ~1-2% of in-image pixels (a bilinear sum of ones
-    is 0.99999994 there); we compute the mask with the same grid_sample call so it flips exactly as the
-    official one does, and no gradient flows through it.
-    """
-    if x.dim() != 4 or flow.dim() != 4 or flow.shape[1] != 2 or x.shape[-2:] != flow.shape[-2:] \
-            or x.shape[0] != flow.shape[0]:
-        raise ValueError(f"warp needs x N x C x H x W and flow N x 2 x H x W on the same grid, got "
-                         f"{tuple(x.shape)} and {tuple(flow.shape)}")
-    grid = _sampling_grid(flow)
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-    if mask_threshold is None:
-        return out
-    with torch.no_grad():
-        ones = torch.ones_like(x[:, :1])
-        weight = F.grid_sample(ones, grid.detach(), mode="bilinear", padding_mode="zeros", align_corners=True)
-        keep = weight > mask_threshold if strict else weight >= mask_threshold
-    return out * keep.to(out.dtype)
-
-
-def resize_flow(flow: torch.Tensor, size: tuple[int, int] | torch.Size, align_corners: bool = True,
-                scale: bool = True) -> torch.Tensor:
-    """Bilinearly resize a flow field N x 2 x h x w to ``size`` (H, W).
-
-    With ``scale`` the vectors are rescaled to the new grid (u * W / w, v * H / h), as PWC-family code does;
-    without it the values are kept (for flows stored in resolution-independent units, e.g. LiteFlowNet's /20).
-    """
-    h, w = flow.shape[-2:]
-    size = (int(size[0]), int(size[1]))
-    out = F.interpolate(flow, size=size, mode="bilinear", align_corners=align_corners)
-    if scale:
-        out = torch.cat((out[:, :1] * (size[1] / w), out[:, 1:] * (size[0] / h)), dim=1)
-    return out

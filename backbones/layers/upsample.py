@@ -1,10 +1,11 @@
-"""Full-resolution flow from the coarse flow: RAFT's learned convex upsampling and plain bilinear upsampling."""
+"""Resampling flow fields: RAFT's learned convex upsampling and bilinear resizing with the vectors rescaled (the
+one home of flow up/down-sampling: the networks and ``mlof.losses`` use these)."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["convex_upsample", "upsample_flow"]
+__all__ = ["convex_upsample", "upsample_flow", "resize_flow"]
 
 
 def convex_upsample(flow: torch.Tensor, mask: torch.Tensor, factor: int = 8) -> torch.Tensor:
@@ -23,8 +24,28 @@ def convex_upsample(flow: torch.Tensor, mask: torch.Tensor, factor: int = 8) -> 
     return up.permute(0, 1, 4, 2, 5, 3).reshape(n, 2, factor * h, factor * w)
 
 
-def upsample_flow(flow: torch.Tensor, factor: int = 8, mode: str = "bilinear") -> torch.Tensor:
+def resize_flow(flow: torch.Tensor, size: tuple[int, int] | torch.Size, align_corners: bool = True,
+                scale: bool = True) -> torch.Tensor:
+    """Bilinearly resize a flow field N x 2 x h x w to ``size`` (H, W); the input itself when already that size.
+
+    With ``scale`` the vectors are rescaled to the new grid (u * W / w, v * H / h), as PWC-family code (UPFlow's
+    ``upsample2d_flow_as``) does; without it the values are kept (for masks, or flows stored in
+    resolution-independent units such as LiteFlowNet's /20).
+    """
+    h, w = flow.shape[-2:]
+    size = (int(size[0]), int(size[1]))
+    if (h, w) == size:
+        return flow
+    out = F.interpolate(flow, size=size, mode="bilinear", align_corners=align_corners)
+    if not scale:
+        return out
+    sx, sy = size[1] / w, size[0] / h
+    if sx == sy:
+        return out * sx
+    return torch.cat((out[:, :1] * sx, out[:, 1:] * sy), dim=1)
+
+
+def upsample_flow(flow: torch.Tensor, factor: int = 8) -> torch.Tensor:
     """Bilinear (align_corners=True) upsampling by ``factor``, values scaled by ``factor``: N x 2 x H x W ->
     N x 2 x factor*H x factor*W (RAFT's ``upflow8``)."""
-    size = (factor * flow.shape[2], factor * flow.shape[3])
-    return factor * F.interpolate(flow, size=size, mode=mode, align_corners=True)
+    return resize_flow(flow, (factor * flow.shape[2], factor * flow.shape[3]))

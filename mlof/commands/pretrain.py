@@ -14,12 +14,12 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from backbones.base import freeze_batchnorm
 from mlof import losses
 from mlof.commands.report import report_training
 from mlof.commands.setup import PYRAMID_NETWORKS, build_data, build_model
 from mlof.config import ConfigError, DataConfig, LogConfig, ModelConfig, RunConfig
 from mlof.data import build_loader
-from mlof.losses.supervised import PWC_WEIGHTS
 from mlof.meta.guard import NonFiniteError
 from mlof.metrics import flow_metrics
 from mlof.optim import build_optimizer, onecycle
@@ -28,7 +28,7 @@ from mlof.train.engine import StepOutput
 from mlof.train.runner import run_training
 from mlof.viz import batch_panel
 
-__all__ = ["OptimConfig", "PretrainConfig", "PretrainJob", "optimizer_for", "freeze_batchnorm", "loss_total"]
+__all__ = ["OptimConfig", "PretrainConfig", "PretrainJob", "optimizer_for", "loss_total"]
 
 
 @dataclass
@@ -75,13 +75,6 @@ def optimizer_for(model: nn.Module, cfg: OptimConfig, total_steps: int
     return opt, sched
 
 
-def freeze_batchnorm(model: nn.Module) -> None:
-    """Put every BatchNorm layer in eval mode (running statistics fixed), as RAFT's ``freeze_bn``."""
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.eval()
-
-
 def loss_total(out: Any) -> torch.Tensor:
     """The scalar of a loss function's result (a tensor, a LossOutput, or a (loss, metrics) tuple)."""
     if isinstance(out, torch.Tensor):
@@ -123,10 +116,9 @@ class PretrainJob:
         if self.loss_kind == "sequence":
             return loss_total(losses.sequence_loss(flows, gt, valid, gamma=self.cfg.gamma,
                                                    max_flow=self.cfg.max_flow))
-        # Pyramid networks: per-level flows at their own resolution, finest first (mlof.losses convention).
-        levels = out.extras.get("pyramid_flows") or flows
-        levels = list(reversed(levels))[:len(PWC_WEIGHTS)]
-        return loss_total(losses.multilevel_loss(levels, gt, valid))
+        # Pyramid networks: per-level flows at their own resolution, finest first, with the network's weights.
+        levels, weights = losses.pyramid_supervision(self.model, out)
+        return loss_total(losses.multilevel_loss(levels, gt, valid, weights=weights))
 
     def train_step(self, step: int, batch: dict[str, Any], want_images: bool) -> StepOutput:
         dev = self.ctx.device

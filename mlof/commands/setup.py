@@ -12,7 +12,7 @@ import backbones
 from backbones.base import warn_once
 from backbones.fetch import fetch
 from backbones.weights import UnknownWeightsError, WEIGHTS, resolve_name
-from mlof.checkpoint import CheckpointError, is_mlof_checkpoint, validate_checkpoint
+from mlof.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, resolve_checkpoint
 from mlof.config import ConfigError, DataConfig, ModelConfig
 from mlof.data import FlowDataset, build_augmentor, build_dataset, collate as data_collate, split_indices
 from mlof.meta.settings import adapt_settings
@@ -23,23 +23,8 @@ __all__ = ["DEFAULT_CHECKPOINT", "resolve_checkpoint", "build_model", "warn_if_d
 PYRAMID_NETWORKS = frozenset({"liteflownet2", "upflow"})
 
 
-# the shipped default checkpoint (``model.checkpoint: default``)
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_CHECKPOINT = REPO_ROOT / "checkpoints" / "mlof_default.pt"
-
-
-def resolve_checkpoint(path: str | None) -> str | None:
-    """``"default"`` -> the shipped ``checkpoints/mlof_default.pt`` (error if absent); other values unchanged."""
-    if path != "default":
-        return path
-    if not DEFAULT_CHECKPOINT.is_file():
-        raise FileNotFoundError(f"the default checkpoint {DEFAULT_CHECKPOINT} is missing (it ships with the "
-                                f"repository; see checkpoints/README.md), or give model.checkpoint=PATH")
-    return str(DEFAULT_CHECKPOINT)
-
-
 DEMO_MODEL_WARNING = (
-    "checkpoints/mlof_default.pt is a CPU demonstration model (RAFT-small, about 1 h of CPU training on synthetic "
+    "the default checkpoint (mlof/checkpoints/mlof_default.pt) is a CPU demonstration model (RAFT-small, about 1 h of CPU training on synthetic "
     "frames): on real frames it is worse than zero flow. For real use take official weights: `mlof fetch "
     "raft-things` and model.checkpoint=raft-things (`mlof weights` lists them)")
 
@@ -75,7 +60,7 @@ def build_model(cfg: ModelConfig | Any, device: torch.device | str = "cpu",
 
     An mlof checkpoint names its own backbone and options (``cfg.options`` override them, e.g. a
     correlation backend); an official release file needs ``cfg.name``. ``checkpoint: default`` is the
-    shipped ``checkpoints/mlof_default.pt``; a name of the official-weights registry (``raft-things``, see
+    shipped ``mlof.checkpoint.DEFAULT_CHECKPOINT``; a name of the official-weights registry (``raft-things``, see
     ``mlof weights``) is fetched into ``MLOF_HOME`` and verified on first use.
     """
     options = dict(cfg.options or {})
@@ -92,27 +77,17 @@ def build_model(cfg: ModelConfig | Any, device: torch.device | str = "cpu",
         if not path.is_file():
             raise ConfigError(f"model.checkpoint: {path} does not exist")
         try:
-            obj = backbones.read_checkpoint_file(path)
-        except ValueError as e:
+            checkpoint = backbones.read_checkpoint(path)   # the one reader: any layout, read once
+            if checkpoint.is_mlof:
+                if cfg.name is not None and cfg.name != checkpoint.backbone:
+                    raise ConfigError(f"model.name is {cfg.name!r} but {path} holds a {checkpoint.backbone!r} network")
+                _warn_changed_options(path, checkpoint.options, options, checkpoint.contents.get("image_range"))
+            elif cfg.name is None:
+                raise ConfigError(f"model.checkpoint {path} is not an mlof checkpoint: set model.name to the "
+                                  f"network it holds (one of {', '.join(backbones.available())})")
+            model = backbones.build_from_checkpoint(checkpoint, cfg.name, **options)
+        except CheckpointError as e:   # unreadable, insane metadata, mis-shaped / missing keys, NaN weights
             raise CheckpointError(f"model.checkpoint: {e}") from e
-        try:
-            if is_mlof_checkpoint(obj):
-                validate_checkpoint(obj, path)
-                name = obj["backbone"]["name"]
-                if cfg.name is not None and cfg.name != name:
-                    raise ConfigError(f"model.name is {cfg.name!r} but {path} holds a {name!r} network")
-                saved = dict(obj["backbone"].get("options") or {})
-                _warn_changed_options(path, saved, options, obj.get("image_range"))
-                model = backbones.build(name, checkpoint=obj, **{**saved, **options})
-            else:
-                if cfg.name is None:
-                    raise ConfigError(f"model.checkpoint {path} is not an mlof checkpoint: set model.name to the "
-                                      f"network it holds (one of {', '.join(backbones.available())})")
-                model = backbones.build(cfg.name, checkpoint=obj, **options)
-        except CheckpointError:
-            raise
-        except ValueError as e:   # mis-shaped / missing keys, NaN weights: name the file, not "state dict"
-            raise CheckpointError(f"model.checkpoint: {str(e).replace('state dict', str(path), 1)}") from e
     else:
         if cfg.name is None:
             raise ConfigError(f"model.name: say which network to build (one of {', '.join(backbones.available())}) "

@@ -7,6 +7,8 @@ from typing import Iterator
 
 import torch
 
+from backbones.base import validate_images
+
 __all__ = ["LossOutput", "LossInputError", "check_images", "check_flow", "float32_region", "to_float",
            "masked_mean", "MASK_EPS"]
 
@@ -53,14 +55,9 @@ def _check_tensor(name: str, x: object, channels: int | None) -> torch.Tensor:
 
 
 def check_images(img1: torch.Tensor, img2: torch.Tensor) -> None:
-    """Raise ``LossInputError`` unless img1, img2 are float N x 3 x H x W of equal shape and device."""
-    _check_tensor("img1", img1, 3)
-    _check_tensor("img2", img2, 3)
-    if img1.shape != img2.shape:
-        raise LossInputError(f"img1 and img2 must have the same shape, got {tuple(img1.shape)} and "
-                             f"{tuple(img2.shape)}")
-    if img1.device != img2.device:
-        raise LossInputError(f"img1 and img2 are on different devices ({img1.device}, {img2.device})")
+    """Raise ``backbones.InvalidImageError`` (a ``ValueError``; the one image validator of the project) unless
+    img1, img2 are float N x 3 x H x W of equal shape and device."""
+    validate_images(img1, img2, check_finite=False, check_range=False, names=("img1", "img2"))
 
 
 def check_flow(name: str, flow: torch.Tensor, like: torch.Tensor | None = None,

@@ -6,23 +6,16 @@ from typing import Sequence, Union
 import torch
 import torch.nn.functional as F
 
+from backbones.layers.upsample import resize_flow
+
 from .common import MASK_EPS, LossInputError, check_flow
 from .photometric import abs_robust, robust_l1
 from .warp import in_frame_mask, warp
 
-__all__ = ["upsample_flow", "pyramid_distillation", "self_supervision", "augmentation_regularization",
+__all__ = ["pyramid_distillation", "self_supervision", "augmentation_regularization",
            "crop_and_resize"]
 
 CropBox = Union[Sequence[int], Sequence[Sequence[int]]]
-
-
-def upsample_flow(flow: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinearly resize a flow (align_corners=True, as UPFlow ``upsample2d_flow_as``) and rescale its vectors."""
-    h, w = flow.shape[-2:]
-    if (h, w) == tuple(size):
-        return flow
-    out = F.interpolate(flow, size=size, mode="bilinear", align_corners=True)
-    return out * flow.new_tensor([size[1] / w, size[0] / h]).view(1, 2, 1, 1)
 
 
 def pyramid_distillation(pyramid: Sequence[torch.Tensor], final: torch.Tensor,
@@ -40,7 +33,7 @@ def pyramid_distillation(pyramid: Sequence[torch.Tensor], final: torch.Tensor,
     total = label.new_zeros(())
     for i, level in enumerate(pyramid):
         check_flow(f"pyramid[{i}]", level, final, same_size=False)
-        err = abs_robust(upsample_flow(level, tuple(final.shape[-2:])) - label, eps=eps, q=q)
+        err = abs_robust(resize_flow(level, final.shape[-2:]) - label, eps=eps, q=q)
         total = total + (err * mask).sum() / (mask.sum() + 1e-6)
     return total
 

@@ -5,12 +5,16 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from backbones.base import FlowOutput
 
 from .common import LossInputError, check_flow
 
-__all__ = ["sequence_loss", "multilevel_loss", "downsample_gt", "PWC_WEIGHTS"]
+__all__ = ["sequence_loss", "multilevel_loss", "pyramid_supervision", "downsample_gt", "PWC_WEIGHTS"]
 
-# PWC-Net / LiteFlowNet per-level weights, finest first (ANCHORS: LiteFlowNet2 0.32,0.08,0.02,0.01,6.25e-4).
+# Default per-level weights of ``multilevel_loss`` (PWC-Net's numbers, applied finest first). Networks with their own
+# official weights declare them (LiteFlowNet2: ``backbones.liteflownet2.LOSS_WEIGHTS``, see pyramid_supervision).
 PWC_WEIGHTS = (0.32, 0.08, 0.02, 0.01, 0.005)
 
 
@@ -55,6 +59,20 @@ def sequence_loss(flows: Sequence[torch.Tensor], gt: torch.Tensor, valid: torch.
             metrics = {"epe": epe.mean().item(), "1px": (epe < 1).float().mean().item(),
                        "3px": (epe < 3).float().mean().item(), "5px": (epe < 5).float().mean().item()}
     return loss, metrics
+
+
+def pyramid_supervision(model: nn.Module, out: FlowOutput) -> tuple[list[torch.Tensor], tuple[float, ...]]:
+    """The flows of a pyramid network's output that ``multilevel_loss`` supervises, finest first, and their weights.
+
+    A network that declares ``pyramid_loss_weights()`` (LiteFlowNet2: its official weights) is supervised on
+    ``[out.flow, *out.pyramid]`` with those; other networks on ``out.pyramid`` (else their full-resolution
+    predictions, finest first) with ``PWC_WEIGHTS``.
+    """
+    declared = getattr(model, "pyramid_loss_weights", None)
+    if declared is not None:
+        return [out.flow, *out.pyramid], tuple(declared())
+    levels = out.pyramid or (out.flows or [out.flow])[::-1]
+    return list(levels[:len(PWC_WEIGHTS)]), PWC_WEIGHTS
 
 
 def downsample_gt(gt: torch.Tensor, valid: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,40 +1,49 @@
-"""Calling a flow network the same way everywhere in mlof.meta: supported keyword options only, and both
-directions (I1->I2, I2->I1) for the bidirectional unsupervised losses, batched into one call when exact."""
+"""Calling a flow network the same way everywhere in mlof.meta: the call options its declared capabilities
+allow, and both directions (I1->I2, I2->I1) for the bidirectional unsupervised losses, batched into one call when
+exact. What a network takes is read from ``Capabilities`` (``backbones.capabilities``), never from its signature."""
 from __future__ import annotations
 
-import inspect
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-__all__ = ["accepted_options", "call_net", "bidirectional", "can_batch_directions", "split_output"]
+from backbones.base import Capabilities, FlowOutput
+
+__all__ = ["call_options", "call_net", "bidirectional", "can_batch_directions", "split_output"]
 
 NetFn = Callable[..., Any]
 
 
-def accepted_options(module: nn.Module) -> set[str] | None:
-    """Keyword names ``module.forward`` accepts, or None when it takes ``**kwargs`` (accepts anything)."""
-    try:
-        sig = inspect.signature(module.forward)
-    except (TypeError, ValueError):  # builtins / C++ modules: no signature to read
-        return None
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
-        return None
-    return {n for n, p in sig.parameters.items()
-            if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)}
+def _capabilities(module: nn.Module) -> Capabilities | None:
+    caps = getattr(type(module), "capabilities", None)
+    return caps if isinstance(caps, Capabilities) else None
+
+
+def call_options(module: nn.Module, options: dict[str, Any]) -> dict[str, Any]:
+    """The keyword options of one call of ``module``, from mlof's generic set.
+
+    ``None`` values mean "the network's default" and are dropped; ``corr`` is a build option (set on the working
+    copy), never a call keyword. For a backbone (it declares ``Capabilities``): ``iters`` only where it has
+    iterations (UPFlow/LiteFlowNet2 take none), ``flow_init`` only where it warm-starts, ``bidirectional`` only
+    where it has a shared-encoder bidirectional call. Other modules (the user's own) get every option as given.
+    """
+    caps = _capabilities(module)
+    kwargs = {k: v for k, v in options.items() if v is not None and k != "corr"}
+    if caps is not None:
+        dropped = {"iters": not caps.iterations, "flow_init": not caps.warm_start,
+                   "bidirectional": not caps.bidirectional}
+        kwargs = {k: v for k, v in kwargs.items() if not dropped.get(k, False)}
+    return kwargs
 
 
 def call_net(fn: NetFn, module: nn.Module, img1: torch.Tensor, img2: torch.Tensor, **options: Any) -> Any:
-    """``fn(img1, img2, **options)`` keeping only the options ``module.forward`` accepts.
+    """``fn(img1, img2, **call_options(module, options))``.
 
-    fn is the module itself or something that runs it (a MAML learner). Options a network does not take
-    (``iters`` for UPFlow/LiteFlowNet2, ``corr`` for networks without a correlation switch) are dropped, so one
-    call site serves every backbone; ``None`` values are dropped too (meaning "the network's default").
+    fn is the module itself or something that runs it (a MAML learner); ``module`` is the network whose
+    capabilities decide the options, so one call site serves every backbone.
     """
-    accepted = accepted_options(module)
-    kwargs = {k: v for k, v in options.items() if v is not None and (accepted is None or k in accepted)}
-    return fn(img1, img2, **kwargs)
+    return fn(img1, img2, **call_options(module, options))
 
 
 def can_batch_directions(module: nn.Module) -> bool:
@@ -65,30 +74,23 @@ def split_output(out: Any, n: int) -> tuple[Any, Any]:
     return halves[0], halves[1]
 
 
-def _native_bidirectional(module: nn.Module) -> bool:
-    accepted = accepted_options(module)
-    return accepted is not None and "bidirectional" in accepted
-
-
 def bidirectional(fn: NetFn, module: nn.Module, img1: torch.Tensor, img2: torch.Tensor,
-                  batch: bool | None = None, **options: Any) -> tuple[Any, Any]:
-    """Outputs of the network on (img1, img2) and on (img2, img1).
+                  batch: bool | None = None, **options: Any) -> FlowOutput:
+    """One FlowOutput for (img1, img2) whose backward fields (``flow_bw``, ``flow_bw_low``, ``flows_bw``,
+    ``pyramid_bw``) hold the network's output on (img2, img1).
 
-    Networks whose forward takes ``bidirectional=True`` (the RAFT family) compute both directions from one
-    encoder pass and return the backward flow in ``extras['flow_bw']`` -- used whenever ``batch`` is not False.
-    Otherwise ``batch`` runs both directions as one call on 2N images (None = whenever that is exact, see
-    ``can_batch_directions``), else as two calls.
+    Networks with a shared-encoder bidirectional call (``Capabilities.bidirectional``: the RAFT family) compute
+    both from one encoder pass whenever ``batch`` is not False. Otherwise ``batch`` runs both directions as one
+    call on 2N images (None = whenever that is exact, see ``can_batch_directions``), else as two calls.
     """
-    if batch is not False and _native_bidirectional(module):
-        out = call_net(fn, module, img1, img2, bidirectional=True, **options)
-        extras = dict(out.extras)
-        bw = type(out)(flow=extras.pop("flow_bw"), flow_low=extras.pop("flow_bw_low", None),
-                       flows=extras.pop("flows_bw", []), extras={})
-        return type(out)(flow=out.flow, flow_low=out.flow_low, flows=out.flows, extras=extras), bw
+    caps = _capabilities(module)
+    if batch is not False and caps is not None and caps.bidirectional:
+        return call_net(fn, module, img1, img2, bidirectional=True, **options)
     if batch is None:
         batch = can_batch_directions(module)
     if batch:
-        n = img1.shape[0]
-        out = call_net(fn, module, torch.cat([img1, img2]), torch.cat([img2, img1]), **options)
-        return split_output(out, n)
-    return (call_net(fn, module, img1, img2, **options), call_net(fn, module, img2, img1, **options))
+        out_fw, out_bw = split_output(call_net(fn, module, torch.cat([img1, img2]), torch.cat([img2, img1]),
+                                               **options), img1.shape[0])
+    else:
+        out_fw, out_bw = call_net(fn, module, img1, img2, **options), call_net(fn, module, img2, img1, **options)
+    return out_fw.with_backward(out_bw)

@@ -6,7 +6,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from backbones.base import warn_range
+from backbones.base import InvalidImageError, validate_image, warn_range
 
 __all__ = ["as_frame", "as_pairs"]
 
@@ -15,25 +15,24 @@ def as_frame(frame: Any, name: str = "frame") -> torch.Tensor:
     """One frame as a float N x 3 x H x W tensor (values 0..255).
 
     Accepts a tensor 3 x H x W or N x 3 x H x W (float or uint8) or a numpy image H x W x 3 (as
-    ``mlof.io.read_image`` returns) / 3 x H x W. Raises ``ValueError`` naming ``name`` otherwise.
+    ``mlof.io.read_image`` returns) / 3 x H x W. Raises ``InvalidImageError`` (a ``ValueError``) naming ``name``
+    otherwise (the checks after conversion are ``backbones.validate_image``).
     """
     if isinstance(frame, np.ndarray):
         if frame.ndim == 3 and frame.shape[-1] == 3 and frame.shape[0] != 3:
             frame = frame.transpose(2, 0, 1)
         frame = torch.from_numpy(np.ascontiguousarray(frame))
     if not isinstance(frame, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor or numpy array, got {type(frame).__name__}")
+        raise InvalidImageError(f"{name} must be a torch.Tensor or numpy array, got {type(frame).__name__}")
     if frame.dim() == 3:
         frame = frame[None]
     if frame.dim() != 4 or frame.shape[1] != 3:
-        raise ValueError(f"{name} must be 3 x H x W or N x 3 x H x W, got shape {tuple(frame.shape)}")
+        raise InvalidImageError(f"{name} must be 3 x H x W or N x 3 x H x W, got shape {tuple(frame.shape)}")
     if not frame.is_floating_point():
         if frame.dtype == torch.bool or frame.is_complex():
-            raise ValueError(f"{name} must hold 0..255 intensities, got dtype {frame.dtype}")
+            raise InvalidImageError(f"{name} must hold 0..255 intensities, got dtype {frame.dtype}")
         frame = frame.float()
-    if not bool(torch.isfinite(frame).all()):
-        raise ValueError(f"{name} contains NaN or inf pixels")
-    return frame
+    return validate_image(frame, name)
 
 
 def as_pairs(frames: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -60,7 +59,7 @@ def as_pairs(frames: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
     tensors = [as_frame(f, f"frames[{i}]") for i, f in enumerate(seq)]
     for i, t in enumerate(tensors[1:], 1):
         if t.shape != tensors[0].shape:
-            raise ValueError(f"frames[{i}] has shape {tuple(t.shape)}, frames[0] has {tuple(tensors[0].shape)}: "
+            raise InvalidImageError(f"frames[{i}] has shape {tuple(t.shape)}, frames[0] has {tuple(tensors[0].shape)}: "
                              f"all frames must have the same size")
     warn_range(*tensors)   # 0..1 or 0..65535 instead of 0..255: once per process
     return [(tensors[i], tensors[i + 1]) for i in range(len(tensors) - 1)]

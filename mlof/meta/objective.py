@@ -22,10 +22,11 @@ Pair = tuple[torch.Tensor, torch.Tensor]
 
 
 class ObjectiveResult:
-    """total (scalar tensor), terms (name -> scalar tensor, adding up to total), out_fw / out_bw (FlowOutput)."""
+    """total (scalar tensor), terms (name -> scalar tensor, adding up to total), out_fw (the network's FlowOutput
+    on the pair; with ``bidirectional`` its ``flow_bw``/``pyramid_bw`` hold the backward direction)."""
 
-    def __init__(self, total: torch.Tensor, terms: dict[str, torch.Tensor], out_fw: Any, out_bw: Any):
-        self.total, self.terms, self.out_fw, self.out_bw = total, terms, out_fw, out_bw
+    def __init__(self, total: torch.Tensor, terms: dict[str, torch.Tensor], out_fw: Any):
+        self.total, self.terms, self.out_fw = total, terms, out_fw
 
     def as_floats(self) -> dict[str, float]:
         out = {"total": float(self.total.detach())}
@@ -83,16 +84,15 @@ class UnsupervisedObjective:
                 default: ``net`` itself.
         params / fixed: name -> current / reference tensors; with both, the keep-close term is added.
         """
-        out_fw, out_bw = self._forward(net, run, img1, img2, net_options)
-        res = self.loss(img1, img2, out_fw.flow, None if out_bw is None else out_bw.flow,
-                        **self._extras(out_fw, out_bw))
+        out = self._forward(net, run, img1, img2, net_options)
+        res = self.loss(img1, img2, out.flow, out.flow_bw if self.bidirectional else None, **self._extras(out))
         total, terms = res.total, dict(res.terms)
         if params is not None and fixed is not None:
             kc = self.keep_close_term(params, fixed)
             if kc is not None:
                 terms["keep_close"] = kc
                 total = total + kc
-        return ObjectiveResult(total, terms, out_fw, out_bw)
+        return ObjectiveResult(total, terms, out)
 
     def over_pairs(self, net: nn.Module, pairs: Sequence[Pair], *, params: Mapping[str, torch.Tensor],
                    fixed: Mapping[str, torch.Tensor] | None, backward: bool,
@@ -142,22 +142,19 @@ class UnsupervisedObjective:
         return self.keep_close_weight * keep_close([params[n] for n in names], [fixed[n] for n in names])
 
     def _forward(self, net: nn.Module, run: Callable[..., Any] | None, img1: torch.Tensor, img2: torch.Tensor,
-                 net_options: Mapping[str, Any]) -> tuple[Any, Any]:
+                 net_options: Mapping[str, Any]) -> Any:
+        """One FlowOutput; with ``bidirectional`` its backward fields hold the output on (img2, img1)."""
         fn = net if run is None else run
         if self.bidirectional:
             return run_both(fn, net, img1, img2, batch=self.batch_directions, **net_options)
-        return call_net(fn, net, img1, img2, **net_options), None
+        return call_net(fn, net, img1, img2, **net_options)
 
-    @staticmethod
-    def _extras(out_fw: Any, out_bw: Any) -> dict[str, Any]:
-        # Pyramid networks (UPFlow) hand their per-level flows to the loss (distillation, multi-scale terms):
-        # networks list them coarse -> fine in extras["pyramid_flows"], the losses want them finest first.
+    def _extras(self, out: Any) -> dict[str, Any]:
+        # Pyramid networks (UPFlow) hand their per-level flows (finest first) to the loss (distillation,
+        # multi-scale terms).
         extras: dict[str, Any] = {}
-        fw = getattr(out_fw, "extras", None) or {}
-        bw = getattr(out_bw, "extras", None) or {}
-        if fw.get("pyramid_flows"):
-            extras["pyramid_fw"] = list(reversed(fw["pyramid_flows"]))
-            levels_bw = bw.get("pyramid_flows") or fw.get("pyramid_flows_bw")
-            if out_bw is not None and levels_bw:
-                extras["pyramid_bw"] = list(reversed(levels_bw))
+        if out.pyramid:
+            extras["pyramid_fw"] = list(out.pyramid)
+            if self.bidirectional and out.pyramid_bw:
+                extras["pyramid_bw"] = list(out.pyramid_bw)
         return extras

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from backbones.registry import read_checkpoint_file
+from backbones.checkpoint import read_checkpoint_file
 from mlof.config import ConfigError, diff_keys, to_dict
 from mlof.io import write_flow, write_image
 from mlof.runs.rundir import RunDir, jsonable
