@@ -84,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--synthetic", type=int, default=4, help="number of synthetic target pairs")
     p.add_argument("--synthetic-size", type=int, nargs=2, default=[256, 320])
     p.add_argument("--iters", type=int, default=12)
+    p.add_argument("--video", type=int, default=0,
+                   help="also compare per-pair and online adaptation along N synthetic target clips")
+    p.add_argument("--video-frames", type=int, default=6)
     p.add_argument("--list", action="store_true")
     a = p.parse_args(argv)
     if a.list:
@@ -102,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     if any(s.startswith("synthetic") for s in a.samples):
         samples += synthetic_samples(a.synthetic, tuple(a.synthetic_size))
     for sname, s in samples:
+        if sname == "video":
+            continue
         rec = results.setdefault(sname, {"zero": epe(torch.zeros_like(s["flow"]), s)})
         for setting in a.settings:
             if setting in rec:
@@ -116,17 +121,61 @@ def main(argv: list[str] | None = None) -> int:
                   f"{rec[setting]['epe']:.3f} zero {rec['zero']:.3f}  {seconds:.1f} s", flush=True)
             with atomic_open(path, "w") as f:
                 json.dump(results, f, indent=2)
+    if a.video:
+        results["video"] = video_study(model, a, results.get("video", {}), path, results)
     write_table(results, out / "study.md")
     return 0
 
 
+def video_study(model: Any, a: argparse.Namespace, done: dict[str, Any], path: Path,
+                results: dict[str, Any]) -> dict[str, Any]:
+    """Mean EPE over the pairs of synthetic target clips: unadapted, adapted per pair, and online (the weights
+    carried along the clip), for each setting."""
+    size = tuple(a.synthetic_size)
+    clips = []
+    for c in range(a.video):
+        s = render_sample("target", size, seed=777, index=c, clip_length=a.video_frames)
+        frames = torch.from_numpy(np.ascontiguousarray(s["frames"])).permute(0, 3, 1, 2).float()
+        truth = [{"flow": torch.from_numpy(np.ascontiguousarray(f)).permute(2, 0, 1).float(),
+                  "valid": torch.from_numpy(v)} for f, v in zip(s["flows"], s["valids"])]
+        clips.append((frames, truth))
+    for setting in a.settings:
+        if setting in done:
+            continue
+        rec: dict[str, Any] = {}
+        for mode in ("pairwise", "online"):
+            t = time.perf_counter()
+            before, after = [], []
+            for frames, truth in clips:
+                r = mlof.adapt(model, frames, iters=a.iters, mode=mode, **SETTINGS[setting])
+                before += [epe(f[0], g) for f, g in zip(r.flows_before, truth)]
+                after += [epe(f[0], g) for f, g in zip(r.flows, truth)]
+            rec[mode] = {"epe": float(np.mean(after)), "seconds": time.perf_counter() - t}
+            rec["before"] = float(np.mean(before))
+        done[setting] = rec
+        print(f"video {setting:18s} before {rec['before']:.3f} pairwise {rec['pairwise']['epe']:.3f} online "
+              f"{rec['online']['epe']:.3f}", flush=True)
+        results["video"] = done
+        with atomic_open(path, "w") as f:
+            json.dump(results, f, indent=2)
+    return done
+
+
 def write_table(results: dict[str, Any], path: Path) -> None:
+    video = results.get("video") or {}
+    results = {k: v for k, v in results.items() if k != "video"}
     settings = list(dict.fromkeys(k for rec in results.values() for k in rec if k not in ("zero", "before")))
     lines = ["| sample | zero | before | " + " | ".join(settings) + " |", "|---|---|---|" + "---|" * len(settings)]
     for sname, rec in results.items():
         cells = [f"{rec[k]['epe']:.3f} ({rec[k]['seconds']:.0f} s)" if k in rec else "" for k in settings]
         lines.append(f"| {sname} | {rec['zero']:.3f} | {rec.get('before', float('nan')):.3f} | " + " | ".join(cells)
                      + " |")
+    if video:
+        lines += ["", "| video (synthetic target clips) | before | per pair | online |", "|---|---|---|---|"]
+        for setting, rec in video.items():
+            lines.append(f"| {setting} | {rec['before']:.3f} | {rec['pairwise']['epe']:.3f} "
+                         f"({rec['pairwise']['seconds']:.0f} s) | {rec['online']['epe']:.3f} "
+                         f"({rec['online']['seconds']:.0f} s) |")
     with atomic_open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 
