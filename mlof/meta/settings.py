@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import torch
 
@@ -17,11 +17,11 @@ from backbones.base import check_precision
 from backbones.memory_plan import parse_bytes
 from mlof.data.augment import build_augmentor
 from mlof.meta.params import ParamSpec
+from mlof.optim import OPTIMIZERS, SCHEDULES, OptimizerSpec
 
-__all__ = ["AdaptSettings", "adapt_settings", "PRESETS", "MODES", "OPTIMIZERS", "DEFAULT_LR", "DEFAULT_WD"]
+__all__ = ["AdaptSettings", "adapt_settings", "PRESETS", "MODES", "DEFAULT_LR", "DEFAULT_WD"]
 
 MODES = ("joint", "pairwise", "online")
-OPTIMIZERS = ("adamw", "adam", "sgd")
 # The release's meta-inference: AdamW lr 1e-5, weight decay 1e-5 (its inner-loop SGD uses 5e-6).
 DEFAULT_LR = {"adamw": 1e-5, "adam": 1e-5, "sgd": 5e-6}
 DEFAULT_WD = {"adamw": 1e-5, "adam": 0.0, "sgd": 0.0}
@@ -50,7 +50,7 @@ class AdaptSettings:
 
     mode: str = "joint"                   # "joint" | "pairwise" | "online" (see mlof.meta.engine.Adapter.run)
     steps: int = 3
-    optimizer: str | Callable[[list[torch.Tensor]], torch.optim.Optimizer] = "adamw"
+    optimizer: OptimizerSpec = "adamw"      # a name of mlof.optim.OPTIMIZERS or a factory params -> Optimizer
     lr: float | None = None               # None: DEFAULT_LR[optimizer]
     weight_decay: float | None = None     # None: DEFAULT_WD[optimizer]
     schedule: str | None = "onecycle"     # RAFT-lineage OneCycle (total steps + 100, 5 % warm-up, linear); None
@@ -94,8 +94,8 @@ class AdaptSettings:
                              f"got {self.optimizer!r}")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr >= 0):
             raise ValueError(f"lr must be a finite number >= 0, got {self.lr!r}")
-        if self.schedule not in (None, "onecycle", "constant"):
-            raise ValueError(f"schedule must be 'onecycle', 'constant' or None, got {self.schedule!r}")
+        if self.schedule is not None and self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES} or None, got {self.schedule!r}")
         if self.clip is not None and not self.clip > 0:
             raise ValueError(f"clip must be > 0 or None, got {self.clip!r}")
         if self.bn not in ("eval", "train"):
@@ -142,7 +142,9 @@ class AdaptSettings:
         return DEFAULT_LR[self.optimizer] if isinstance(self.optimizer, str) else DEFAULT_LR["adamw"]
 
     def resolved_weight_decay(self) -> float:
-        return DEFAULT_WD[self.optimizer] if self.weight_decay is None else float(self.weight_decay)
+        if self.weight_decay is not None:
+            return float(self.weight_decay)
+        return DEFAULT_WD[self.optimizer] if isinstance(self.optimizer, str) else DEFAULT_WD["adamw"]
 
     def net_call_options(self) -> dict[str, Any]:
         return {"iters": self.iters, "corr": self.corr, **self.net_options}
