@@ -17,7 +17,7 @@ from torch import nn
 from backbones.base import freeze_batchnorm
 from mlof import losses
 from mlof.commands.report import report_training
-from mlof.commands.setup import PYRAMID_NETWORKS, build_data, build_model
+from mlof.commands.setup import PYRAMID_NETWORKS, build_data, build_model, check_run_size
 from mlof.config import ConfigError, DataConfig, LogConfig, ModelConfig, RunConfig
 from mlof.data import build_loader
 from mlof.meta.guard import NonFiniteError
@@ -90,10 +90,7 @@ class PretrainJob:
     """One supervised optimizer step per engine step (see ``mlof.train.engine.fit``)."""
 
     def __init__(self, cfg: PretrainConfig, ctx: DistContext):
-        if cfg.steps <= 0:
-            raise ConfigError(f"steps must be positive, got {cfg.steps}")
-        if cfg.batch_size < ctx.world_size:
-            raise ConfigError(f"batch_size {cfg.batch_size} is smaller than the {ctx.world_size} processes")
+        check_run_size(cfg.steps, cfg.batch_size, "batch_size", ctx.world_size)
         self.cfg, self.ctx = cfg, ctx
         self.model = build_model(cfg.model, ctx.device, warn_random=False)   # training from scratch is normal
         name = self.model.mlof_spec["name"]
