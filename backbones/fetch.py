@@ -243,7 +243,7 @@ def _download_once(url: str, part: Path, progress: bool, label: str, opener: Cal
 
 
 def _bar(total: int | None, initial: int, label: str):
-    try:
+    try:  # optional here: backbones needs only torch (tqdm comes with mlof)
         from tqdm import tqdm
     except ImportError:
         return None

@@ -99,11 +99,9 @@ def _aggregate(attn: torch.Tensor, v: torch.Tensor, grid: PatchGrid) -> torch.Te
     return grid.fold(grid.keys(v) @ attn)
 
 
-class PatchAttention(nn.Module):
-    """Patch self-attention on a feature map (official ``KPAEnc``); ``forward(x) -> x + gamma * attn(x)``.
-
-    x: N x dim x H x W -> N x dim x H x W.
-    """
+class _PatchProjections(nn.Module):
+    """What both patch attentions of KPA-Flow hold: patch size ``sc``, 1/sqrt(dim), the query/key and value
+    1x1 projections and the residual gate ``gamma`` (zero at initialisation), with the official names."""
 
     def __init__(self, dim: int, sc: int):
         super().__init__()
@@ -113,13 +111,20 @@ class PatchAttention(nn.Module):
         self.to_v = nn.Conv2d(dim, dim, 1, bias=False)
         self.gamma = nn.Parameter(torch.zeros(1))
 
+
+class PatchAttention(_PatchProjections):
+    """Patch self-attention on a feature map (official ``KPAEnc``); ``forward(x) -> x + gamma * attn(x)``.
+
+    x: N x dim x H x W -> N x dim x H x W.
+    """
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         grid = PatchGrid(x.shape[-2], x.shape[-1], self.sc)
         attn = _patch_logits(self.to_qk, x, grid, self.scale).softmax(dim=2)
         return x + self.gamma * _aggregate(attn, self.to_v(grid.pad(x)), grid)
 
 
-class KernelPatchAttention(nn.Module):
+class KernelPatchAttention(_PatchProjections):
     """Kernel patch attention of the update block (official ``KPA``).
 
     ``weights(context)`` computes the attention (N x P x K x S) from the context features once per pair;
@@ -133,12 +138,7 @@ class KernelPatchAttention(nn.Module):
     _KERNEL_BIAS = 1.0
 
     def __init__(self, dim: int, sc: int):
-        super().__init__()
-        self.sc = sc
-        self.scale = dim ** -0.5
-        self.to_qk = nn.Conv2d(dim, dim * 2, 1, bias=False)
-        self.to_v = nn.Conv2d(dim, dim, 1, bias=False)
-        self.gamma = nn.Parameter(torch.zeros(1))
+        super().__init__(dim, sc)
         self.w_prelu = nn.Parameter(torch.zeros(1) + 2.0 / (3 * sc - 1))
 
     def spatial_kernel(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

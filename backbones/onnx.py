@@ -22,12 +22,15 @@ import copy
 import math
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from backbones.raft import RAFTBase
 
 
 __all__ = ["SampledCorrBlock", "ExportWrapper", "export_onnx", "EXPORTABLE", "MIN_OPSET"]
@@ -104,8 +107,6 @@ class ExportWrapper(nn.Module):
 
 def _prepare(model: nn.Module, corr: str) -> nn.Module:
     """A copy of ``model`` in eval mode whose correlation is traceable (the caller's model is untouched)."""
-    from backbones.raft import RAFTBase
-
     if not isinstance(model, RAFTBase) or not hasattr(model, "make_corr"):
         raise ValueError(f"{type(model).__name__} cannot be exported to ONNX (exportable: {', '.join(EXPORTABLE)})")
     if type(model).__name__.lower().startswith("memflow"):
@@ -152,8 +153,6 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, size: tuple[int, int]
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     os.close(fd)
     try:
-        import warnings
-
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TracerWarnings about Python ints: the shapes are fixed by design
             torch.onnx.export(net, example, tmp, dynamo=False, opset_version=opset,

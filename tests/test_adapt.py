@@ -181,12 +181,12 @@ def test_bad_options_raise_value_error():
 
 
 def test_release_defaults():
-    from mlof.meta.engine import build_optimizer
+    from mlof.meta.engine import adapt_optimizer
     from mlof.meta.settings import AdaptSettings
     s = AdaptSettings()
     assert (s.steps, s.optimizer, s.resolved_lr(), s.clip, s.recipe, s.iters, s.bn) == \
         (3, "adamw", 1e-5, 1.0, "mlof", 12, "eval")
-    opt, sched = build_optimizer([torch.nn.Parameter(torch.zeros(1))], s)
+    opt, sched = adapt_optimizer([torch.nn.Parameter(torch.zeros(1))], s)
     assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[0]["weight_decay"] == 1e-5
     assert isinstance(sched, torch.optim.lr_scheduler.OneCycleLR)
 

@@ -40,6 +40,7 @@ from mlof.commands.setup import build_model
 from mlof.config import ModelConfig, RunConfig
 from mlof.losses.supervised import sequence_loss
 from mlof.meta.forward import call_net
+from mlof.optim import build_optimizer
 from mlof.runs.rundir import RunDir
 from mlof.train.distributed import resolve_device
 from mlof.utils import atomic_open
@@ -147,7 +148,7 @@ def _case(model: torch.nn.Module, img1: torch.Tensor, img2: torch.Tensor, mode: 
     if case.get("memory_budget") not in (None, "plain") and hasattr(model, "memory_budget"):
         model.memory_budget = case["memory_budget"]
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    opt = build_optimizer(model.parameters(), "adamw", lr=1e-5, weight_decay=0.01)  # torch's AdamW default decay
     gt = torch.zeros(img1.shape[0], 2, *img1.shape[-2:], device=img1.device)
 
     def fn() -> Any:

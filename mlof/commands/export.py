@@ -10,6 +10,7 @@ in pixels; above ``tolerance`` the export fails (and the file is removed).
 """
 from __future__ import annotations
 
+import importlib.util
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +48,7 @@ def check_onnx(model: Any, path: str, size: tuple[int, int], iters: int, corr: s
 
     Pairs: independent uniform noise, and a frame with its copy shifted by (3, 5) px (a plausible flow).
     """
-    import onnxruntime as ort
+    import onnxruntime as ort  # optional (mlof[export]): imported only when a graph is checked
 
     h, w = size
     gen = torch.Generator().manual_seed(1)
@@ -67,8 +68,6 @@ def check_onnx(model: Any, path: str, size: tuple[int, int], iters: int, corr: s
 
 def run_export(cfg: Any, say=print) -> dict:
     """Build the model of ``cfg.model``, export it, check it; returns the export summary."""
-    import importlib.util
-
     if len(cfg.size) != 2 or any(int(s) < 1 for s in cfg.size):
         raise ValueError(f"size must be [H, W] with positive sides, got {list(cfg.size)}")
     if cfg.corr not in ("dense", "ondemand"):

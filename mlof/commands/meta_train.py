@@ -1,8 +1,9 @@
 """Meta-training (MLOF): outer steps of ``mlof.meta.MLOFTrainer`` on tasks from an annotated target set.
 
 A task is ``pairs_per_task`` annotated frame pairs (MLOF: one) batched as N x 3 x H x W; every outer step
-draws ``tasks_per_step`` tasks (MLOF: 5) from ``mlof.data.TaskSampler`` (the (seed, step) data plan), so resume,
-multi-process runs and a user's own loop over the same sampler see the same tasks as one uninterrupted process. Under torchrun the tasks of a step are split
+draws ``tasks_per_step`` tasks (default: the release's, ``mlof.meta.release.RELEASE``) from
+``mlof.data.TaskSampler`` (the (seed, step) data plan), so resume, multi-process runs and a user's own loop over
+the same sampler see the same tasks as one uninterrupted process. Under torchrun the tasks of a step are split
 across processes and the meta-gradients averaged (weighted by tasks) right before the outer update.
 """
 from __future__ import annotations
@@ -13,12 +14,11 @@ from typing import Any, Dict, Iterable
 import torch
 from omegaconf import DictConfig
 
-from mlof.losses import resolve_recipe
-from mlof.meta.settings import DEFAULT_LR, AdaptSettings
 from mlof.commands.report import report_training
-from mlof.commands.setup import build_data, build_model
+from mlof.commands.setup import build_data, build_model, check_run_size
 from mlof.config import ConfigError, DataConfig, LogConfig, ModelConfig, RunConfig
 from mlof.data import Task, TaskSampler
+from mlof.meta.release import RELEASE
 from mlof.meta.trainer import MLOFTrainer
 from mlof.train.distributed import DistContext, reduce_metrics, sync_gradients
 from mlof.train.engine import StepOutput
@@ -30,20 +30,19 @@ __all__ = ["MetaConfig", "MetaTrainConfig", "MetaTrainJob"]
 
 @dataclass
 class MetaConfig:
-    """Keywords of ``mlof.meta.MLOFTrainer`` (defaults: the official MLOF release). The inner loop is the
-    adaptation the meta-weights are trained for: its defaults are taken from ``mlof.meta.settings`` and the
-    recipe, not restated."""
+    """Keywords of ``mlof.meta.MLOFTrainer``; defaults: the official MLOF release (``mlof.meta.release.RELEASE``,
+    not restated)."""
 
-    inner_loss: str = "mlof"          # unsupervised recipe of mlof.losses.build_loss
-    inner_steps: int = AdaptSettings.steps
-    inner_lr: float = DEFAULT_LR["sgd"]   # the release's inner-loop SGD
+    inner_loss: str = RELEASE.loss_recipe   # unsupervised recipe of mlof.losses.build_loss
+    inner_steps: int = RELEASE.inner_steps
+    inner_lr: float = RELEASE.inner_lr      # the release's inner-loop SGD
     first_order: bool = True
-    params: str = AdaptSettings.params    # what adapts: all or a backbones.param_groups name
-    iters: int = AdaptSettings.iters
-    outer_lr: float = 5e-6
-    keep_close_weight: float = resolve_recipe("mlof").keep_close_weight
-    gamma: float = 0.85
-    max_flow: float = 400.0
+    params: str = "all"                     # what adapts: all or a backbones.param_groups name
+    iters: int = RELEASE.iters
+    outer_lr: float = RELEASE.outer_lr
+    keep_close_weight: float = RELEASE.keep_close_weight
+    gamma: float = RELEASE.gamma
+    max_flow: float = RELEASE.max_flow
     options: Dict[str, Any] = field(default_factory=dict)   # any further MLOFTrainer keyword
 
 
@@ -55,7 +54,7 @@ class MetaTrainConfig(RunConfig):
     model: ModelConfig = field(default_factory=lambda: ModelConfig(name=None))
     data: DataConfig = field(default_factory=DataConfig)   # options merge key by key: keep defaults empty
     steps: int = 20
-    tasks_per_step: int = 5
+    tasks_per_step: int = RELEASE.tasks_per_step
     pairs_per_task: int = 1
     meta: MetaConfig = field(default_factory=MetaConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -65,10 +64,7 @@ class MetaTrainJob:
     """One outer (meta) step per engine step."""
 
     def __init__(self, cfg: MetaTrainConfig, ctx: DistContext):
-        if cfg.steps <= 0:
-            raise ConfigError(f"steps must be positive, got {cfg.steps}")
-        if cfg.tasks_per_step < ctx.world_size:
-            raise ConfigError(f"tasks_per_step {cfg.tasks_per_step} is smaller than the {ctx.world_size} processes")
+        check_run_size(cfg.steps, cfg.tasks_per_step, "tasks_per_step", ctx.world_size)
         self.cfg, self.ctx = cfg, ctx
         self.model = build_model(cfg.model, ctx.device)
         self.dataset = build_data(cfg.data)   # data.subset picks the meta-train split (e.g. crossval-1)

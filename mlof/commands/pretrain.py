@@ -17,12 +17,12 @@ from torch import nn
 from backbones.base import freeze_batchnorm
 from mlof import losses
 from mlof.commands.report import report_training
-from mlof.commands.setup import PYRAMID_NETWORKS, build_data, build_model
+from mlof.commands.setup import PYRAMID_NETWORKS, build_data, build_model, check_run_size
 from mlof.config import ConfigError, DataConfig, LogConfig, ModelConfig, RunConfig
 from mlof.data import build_loader
 from mlof.meta.guard import NonFiniteError
 from mlof.metrics import flow_metrics
-from mlof.optim import build_optimizer, onecycle
+from mlof.optim import SCHEDULES, build_optimizer, build_schedule
 from mlof.train.distributed import DistContext, all_ranks_true, reduce_metrics, sync_gradients
 from mlof.train.engine import StepOutput
 from mlof.train.runner import run_training
@@ -65,13 +65,13 @@ class PretrainConfig(RunConfig):
 def optimizer_for(model: nn.Module, cfg: OptimConfig, total_steps: int
                   ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
     """AdamW over the trainable parameters, and the schedule of ``cfg`` (RAFT: OneCycle over ``steps + 100``)."""
-    if cfg.schedule not in ("onecycle", "constant"):
-        raise ConfigError(f"optim.schedule: {cfg.schedule!r} is not one of onecycle, constant")
+    if cfg.schedule not in SCHEDULES:
+        raise ConfigError(f"optim.schedule: {cfg.schedule!r} is not one of {', '.join(SCHEDULES)}")
     if cfg.schedule == "onecycle" and cfg.schedule_pad < 1:
         raise ConfigError(f"optim.schedule_pad must be >= 1, got {cfg.schedule_pad}")
     params = [p for p in model.parameters() if p.requires_grad]
     opt = build_optimizer(params, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.eps)
-    sched = onecycle(opt, total_steps, cfg.schedule_pad, cfg.pct_start) if cfg.schedule == "onecycle" else None
+    sched = build_schedule(opt, cfg.schedule, total_steps, cfg.schedule_pad, cfg.pct_start)
     return opt, sched
 
 
@@ -90,10 +90,7 @@ class PretrainJob:
     """One supervised optimizer step per engine step (see ``mlof.train.engine.fit``)."""
 
     def __init__(self, cfg: PretrainConfig, ctx: DistContext):
-        if cfg.steps <= 0:
-            raise ConfigError(f"steps must be positive, got {cfg.steps}")
-        if cfg.batch_size < ctx.world_size:
-            raise ConfigError(f"batch_size {cfg.batch_size} is smaller than the {ctx.world_size} processes")
+        check_run_size(cfg.steps, cfg.batch_size, "batch_size", ctx.world_size)
         self.cfg, self.ctx = cfg, ctx
         self.model = build_model(cfg.model, ctx.device, warn_random=False)   # training from scratch is normal
         name = self.model.mlof_spec["name"]

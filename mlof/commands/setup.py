@@ -17,7 +17,7 @@ from mlof.config import ConfigError, DataConfig, ModelConfig
 from mlof.data import FlowDataset, build_augmentor, build_dataset, collate as data_collate, split_indices
 from mlof.meta.settings import adapt_settings
 
-__all__ = ["DEFAULT_CHECKPOINT", "resolve_checkpoint", "build_model", "warn_if_demo_model", "is_real_input", "build_data", "check_adapt_options", "PYRAMID_NETWORKS", "collate", "SplitView", "subset_indices"]
+__all__ = ["DEFAULT_CHECKPOINT", "resolve_checkpoint", "build_model", "warn_if_demo_model", "is_real_input", "build_data", "check_adapt_options", "check_run_size", "PYRAMID_NETWORKS", "collate", "SplitView", "subset_indices"]
 
 # Networks whose training loss is a weighted sum over pyramid levels rather than RAFT's sequence loss.
 PYRAMID_NETWORKS = frozenset({"liteflownet2", "upflow"})
@@ -138,6 +138,15 @@ def check_adapt_options(options: dict[str, Any], key: str = "options", online: b
         adapt_settings(options)
     except ValueError as e:
         raise ConfigError(f"{key}: {e}") from e
+
+
+def check_run_size(steps: int, per_step: int, per_step_key: str, world_size: int) -> None:
+    """``ConfigError`` unless ``steps`` > 0 and the samples of a step (``per_step``, config key ``per_step_key``:
+    the batch or the tasks, split across processes) give every one of ``world_size`` processes at least one."""
+    if steps <= 0:
+        raise ConfigError(f"steps must be positive, got {steps}")
+    if per_step < world_size:
+        raise ConfigError(f"{per_step_key} {per_step} is smaller than the {world_size} processes")
 
 
 def build_data(cfg: DataConfig | Any, key: str = "data") -> Dataset:

@@ -28,6 +28,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+
+from mlof.io import read_flow, read_image
 from torch.utils.data import Dataset
 
 __all__ = ["DatasetLayoutError", "PairRecord", "RawSample", "FlowDataset", "sample_rng", "to_sample",
@@ -201,8 +203,6 @@ class RecordDataset(FlowDataset):
                          img1=r.img1, img2=r.img2, flow=r.flow or "")
 
     def load_raw(self, index: int) -> RawSample:
-        from mlof.io import read_flow, read_image
-
         r = self.records[index]
         raw: RawSample = {"img1": read_image(r.img1), "img2": read_image(r.img2), "sparse": self.sparse}
         if raw["img1"].shape != raw["img2"].shape:
@@ -237,8 +237,6 @@ class RecordDataset(FlowDataset):
 
 
 def _read_mask(path: str) -> np.ndarray:
-    from mlof.io import read_image
-
     return read_image(path)[..., 0] > 127
 
 

@@ -12,13 +12,13 @@ from typing import Any, Callable
 
 from mlof.data import readers
 from mlof.data.base import FlowDataset
+from mlof.data.synthetic import SyntheticFlowDataset
+from mlof.data.video import VideoDataset, read_video
 
 __all__ = ["build_dataset", "available_datasets", "dataset_options", "DATASETS"]
 
 
 def _synthetic(root: Any, split: str = "training", **options: Any) -> FlowDataset:
-    from mlof.data.synthetic import SyntheticFlowDataset
-
     if root is not None:
         raise ValueError(f"synthetic: root must be None (frames are generated), got {root!r}; to read a written "
                          f"tree use build_dataset('sintel', root)")
@@ -26,8 +26,6 @@ def _synthetic(root: Any, split: str = "training", **options: Any) -> FlowDatase
 
 
 def _video(root: Any, split: str = "training", **options: Any) -> FlowDataset:
-    from mlof.data.video import read_video
-
     return read_video(root, split, **options)
 
 
@@ -58,12 +56,7 @@ COMMON_OPTIONS = ("transform", "crop", "crop_mode", "seed")
 def dataset_options(name: str) -> list[str]:
     """The options ``build_dataset(name, ...)`` accepts (common ones included)."""
     key = _ALIASES.get(str(name).lower(), str(name).lower())
-    if key == "synthetic":
-        from mlof.data.synthetic import SyntheticFlowDataset as fn
-    elif key == "video":
-        from mlof.data.video import VideoDataset as fn
-    else:
-        fn = DATASETS[key]
+    fn = {"synthetic": SyntheticFlowDataset, "video": VideoDataset}.get(key) or DATASETS[key]
     params = inspect.signature(fn).parameters.values()
     own = [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY or
            (key in ("synthetic",) and p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD)]

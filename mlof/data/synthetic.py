@@ -38,10 +38,13 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from mlof.data.base import FlowDataset, RawSample, make_meta, to_sample
 from mlof.data.domains import DOMAINS, MOTION_REFERENCE, Domain, get_domain
 from mlof.data.scene import build_layers, draw_uniform, lighting_maps, pair_truth, render_frame
+from mlof.io import write_flow, write_image
+from mlof.utils import atomic_open
 
 __all__ = ["Domain", "DOMAINS", "get_domain", "render_sample", "SyntheticFlowDataset", "write_tree",
            "MOTION_REFERENCE"]
@@ -179,9 +182,6 @@ def write_tree(out_dir: str | os.PathLike, domain: "str | Domain | dict[str, Any
     ``render_sample(domain, size, seed, k, clip_length)``; ``build_dataset("sintel", out_dir, pass_="final")``
     reads it back sample for sample (images, flow, valid and occ identical).
     """
-    from mlof.io import write_flow, write_image
-    from mlof.utils import atomic_open
-
     d = get_domain(domain)
     if int(n) < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -189,8 +189,6 @@ def write_tree(out_dir: str | os.PathLike, domain: "str | Domain | dict[str, Any
     base = root / "training"
     it: Any = range(int(n))
     if progress:
-        from tqdm import tqdm
-
         it = tqdm(it, desc=f"synth {d.name}", unit="scene")
     for k in it:
         s = render_sample(d, size, seed, k, clip_length)

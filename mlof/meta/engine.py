@@ -31,8 +31,9 @@ from mlof.meta.guard import ROLLBACK_DIVERGED, ROLLBACK_NONFINITE, SKIP_GRADIENT
 from mlof.meta.objective import UnsupervisedObjective
 from mlof.meta.params import select_parameters
 from mlof.meta.settings import AdaptSettings, adapt_settings
+from mlof.optim import build_optimizer, build_schedule
 
-__all__ = ["Adapter", "AdaptResult", "build_optimizer", "snapshot", "restore", "model_device"]
+__all__ = ["Adapter", "AdaptResult", "adapt_optimizer", "snapshot", "restore", "model_device"]
 
 Pair = tuple[torch.Tensor, torch.Tensor]
 
@@ -122,26 +123,14 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def build_optimizer(params: list[torch.Tensor], s: AdaptSettings):
-    """(optimizer, scheduler or None) for the adapted parameters."""
-    if callable(s.optimizer):
-        opt = s.optimizer(params)
-        if not isinstance(opt, torch.optim.Optimizer):
-            raise ValueError(f"optimizer factory returned {type(opt).__name__}, not a torch.optim.Optimizer")
-    else:
-        lr, wd = s.resolved_lr(), s.resolved_weight_decay()
-        if s.optimizer == "adamw":
-            opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd, eps=1e-8)
-        elif s.optimizer == "adam":
-            opt = torch.optim.Adam(params, lr=lr, weight_decay=wd)
-        else:
-            opt = torch.optim.SGD(params, lr=lr, weight_decay=wd)
-    sched = None
-    if s.schedule == "onecycle" and s.steps > 0:
-        # The RAFT-lineage schedule the release's fetch_optimizer builds: peak lr after 5 % of steps+100.
-        max_lr = [g["lr"] for g in opt.param_groups]
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr, total_steps=s.steps + 100, pct_start=0.05,
-                                                    cycle_momentum=False, anneal_strategy="linear")
+def adapt_optimizer(params: list[torch.Tensor], s: AdaptSettings
+                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
+    """(optimizer, scheduler or None) for the adapted parameters, built by ``mlof.optim`` from ``s``.
+
+    The schedule is the release's (its fetch_optimizer: OneCycle over steps + 100, peak after 5 %, linear).
+    """
+    opt = build_optimizer(params, s.optimizer, lr=s.resolved_lr(), weight_decay=s.resolved_weight_decay())
+    sched = build_schedule(opt, s.schedule, s.steps, pad=100, pct_start=0.05) if s.steps > 0 else None
     return opt, sched
 
 
@@ -351,7 +340,7 @@ class Adapter:
 
     def _adapt_full_frames(self, pairs: list[Pair], tag: Mapping[str, Any] | None) -> _Outcome:
         s, model, guard = self.settings, self.model, self.guard
-        opt, sched = build_optimizer(list(self.adapted.values()), s)
+        opt, sched = adapt_optimizer(list(self.adapted.values()), s)
         guard.reset()
         history: list[dict] = []
         current: list[torch.Tensor] = []
@@ -420,7 +409,7 @@ class Adapter:
         ``keep="best"`` keeps the lower of the two (crops of different steps are not comparable with each other).
         """
         s, model, guard = self.settings, self.model, self.guard
-        opt, sched = build_optimizer(list(self.adapted.values()), s)
+        opt, sched = adapt_optimizer(list(self.adapted.values()), s)
         guard.reset()
         aug = crop_augmentor(s)
         rng = np.random.default_rng(s.seed)

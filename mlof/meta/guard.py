@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
+import torch
+
 __all__ = ["Guard", "NonFiniteError", "require_finite", "START", "IMPROVED", "KEPT", "ROLLBACK_NONFINITE",
            "ROLLBACK_DIVERGED", "SKIP_GRADIENT"]
 
@@ -34,8 +36,6 @@ def require_finite(what: str, *tensors: Any, hint: str = "") -> None:
     Called before ``backward()``: autograd through NaN or huge values is pointless and can crash torch on CPU,
     and an optimizer step from such gradients would write NaN weights into the next checkpoint.
     """
-    import torch
-
     for t in tensors:
         if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t.detach()).all()):
             raise NonFiniteError(f"{what} is NaN or inf: the run diverged{'; ' + hint if hint else ''}")

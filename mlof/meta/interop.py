@@ -16,7 +16,7 @@ __all__ = ["require_higher", "HigherLearner"]
 
 def require_higher():
     """The ``higher`` module, or a ValueError explaining how to get it."""
-    try:
+    try:  # optional dependency (mlof[higher]), needed by backend='higher' only
         import higher
     except ImportError as e:
         raise ValueError("backend='higher' needs the optional package higher (pip install 'mlof[higher]' or "

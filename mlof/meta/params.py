@@ -6,6 +6,8 @@ from typing import Callable, Iterable, Union
 import torch
 from torch import nn
 
+from backbones import param_groups
+
 __all__ = ["ParamSpec", "select_parameters"]
 
 # None / "all", a parameter-group name, a list of names (parameter names or group names), or a predicate.
@@ -13,11 +15,6 @@ ParamSpec = Union[None, str, Iterable[str], Callable[[str, torch.Tensor], bool]]
 
 
 def _groups(model: nn.Module) -> dict[str, list[str]]:
-    # Imported here so that the MAML core also works on plain nn.Modules when backbones is absent.
-    try:
-        from backbones import param_groups
-    except ImportError:  # pragma: no cover - backbones ships with mlof
-        return {"all": [n for n, _ in model.named_parameters()]}
     return param_groups(model)
 
 

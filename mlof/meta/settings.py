@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import torch
 
@@ -17,14 +17,15 @@ from backbones.base import check_precision
 from backbones.memory_plan import parse_bytes
 from mlof.data.augment import build_augmentor
 from mlof.meta.params import ParamSpec
+from mlof.meta.release import RELEASE
+from mlof.optim import OPTIMIZERS, SCHEDULES, OptimizerSpec
 
-__all__ = ["AdaptSettings", "adapt_settings", "PRESETS", "MODES", "OPTIMIZERS", "DEFAULT_LR", "DEFAULT_WD"]
+__all__ = ["AdaptSettings", "adapt_settings", "PRESETS", "MODES", "DEFAULT_LR", "DEFAULT_WD"]
 
 MODES = ("joint", "pairwise", "online")
-OPTIMIZERS = ("adamw", "adam", "sgd")
-# The release's meta-inference: AdamW lr 1e-5, weight decay 1e-5 (its inner-loop SGD uses 5e-6).
-DEFAULT_LR = {"adamw": 1e-5, "adam": 1e-5, "sgd": 5e-6}
-DEFAULT_WD = {"adamw": 1e-5, "adam": 0.0, "sgd": 0.0}
+# The release's meta-inference AdamW lr and weight decay (its inner-loop SGD: the meta-training inner lr).
+DEFAULT_LR = {"adamw": RELEASE.adapt_lr, "adam": RELEASE.adapt_lr, "sgd": RELEASE.inner_lr}
+DEFAULT_WD = {"adamw": RELEASE.adapt_weight_decay, "adam": 0.0, "sgd": 0.0}
 
 # Named protocols (``preset=``); options given next to a preset override its values.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -33,12 +34,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "mlof": {},
     # The MLOF release's meta_inference.py, stated in full so that it stays the release's whatever the defaults
     # become: network in train() while adapting (batch statistics, running statistics updated), each of the
-    # 3 AdamW steps (lr 1e-5, wd 1e-5, OneCycle, clip 1) on a new random crop drawn by the release's augmentor
-    # (scale 2^0 with RAFT's stretch, no flip, colour jitter, eraser), then the adapted network in eval() on the
-    # full frame. No guard: the last state is returned.
-    "release": {"steps": 3, "optimizer": "adamw", "lr": 1e-5, "weight_decay": 1e-5, "schedule": "onecycle",
-                "clip": 1.0, "recipe": "mlof", "params": "all", "iters": 12, "bn": "train", "bn_predict": "eval",
-                "augment": "mlof-release-sintel", "guard": False, "keep": "last"},
+    # RELEASE.adapt_steps AdamW steps (RELEASE's lr, weight decay, clip; OneCycle) on a new random crop drawn by
+    # the release's augmentor (scale 2^0 with RAFT's stretch, no flip, colour jitter, eraser), then the adapted
+    # network in eval() on the full frame. No guard: the last state is returned.
+    "release": {"steps": RELEASE.adapt_steps, "optimizer": RELEASE.adapt_optimizer, "lr": RELEASE.adapt_lr,
+                "weight_decay": RELEASE.adapt_weight_decay, "schedule": "onecycle", "clip": RELEASE.adapt_clip,
+                "recipe": RELEASE.loss_recipe, "params": "all", "iters": RELEASE.iters, "bn": "train",
+                "bn_predict": "eval", "augment": "mlof-release-sintel", "guard": False, "keep": "last"},
 }
 PRESETS["release-sintel"] = dict(PRESETS["release"])
 PRESETS["release-kitti"] = {**PRESETS["release"], "augment": "mlof-release-kitti"}
@@ -46,18 +48,19 @@ PRESETS["release-kitti"] = {**PRESETS["release"], "augment": "mlof-release-kitti
 
 @dataclass
 class AdaptSettings:
-    """Every option of test-time adaptation with its default (docs/meta.md has the table with the meanings)."""
+    """Every option of test-time adaptation with its default (docs/meta.md has the table with the meanings);
+    the optimizer, its steps, clipping, iterations and objective default to the release's (``RELEASE``)."""
 
     mode: str = "joint"                   # "joint" | "pairwise" | "online" (see mlof.meta.engine.Adapter.run)
-    steps: int = 3
-    optimizer: str | Callable[[list[torch.Tensor]], torch.optim.Optimizer] = "adamw"
+    steps: int = RELEASE.adapt_steps
+    optimizer: OptimizerSpec = RELEASE.adapt_optimizer  # a name of mlof.optim.OPTIMIZERS or params -> Optimizer
     lr: float | None = None               # None: DEFAULT_LR[optimizer]
     weight_decay: float | None = None     # None: DEFAULT_WD[optimizer]
     schedule: str | None = "onecycle"     # RAFT-lineage OneCycle (total steps + 100, 5 % warm-up, linear); None
-    clip: float | None = 1.0              # gradient-norm clipping; None disables it
-    recipe: Any = "mlof"                  # mlof.losses.build_loss recipe or a loss module
+    clip: float | None = RELEASE.adapt_clip  # gradient-norm clipping; None disables it
+    recipe: Any = RELEASE.loss_recipe     # mlof.losses.build_loss recipe or a loss module
     params: ParamSpec = "all"             # what adapts
-    iters: int | None = 12                # refinement iterations (ignored by networks without them)
+    iters: int | None = RELEASE.iters     # refinement iterations (ignored by networks without them)
     corr: str | None = None               # correlation backend, passed to networks that take ``corr``
     keep_close_weight: float | None = None  # pull towards the start weights; None: the recipe's keep_close_weight
     bn: str = "eval"                      # BN mode while adapting: "eval" (running stats) or "train" (batch stats)
@@ -94,8 +97,8 @@ class AdaptSettings:
                              f"got {self.optimizer!r}")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr >= 0):
             raise ValueError(f"lr must be a finite number >= 0, got {self.lr!r}")
-        if self.schedule not in (None, "onecycle", "constant"):
-            raise ValueError(f"schedule must be 'onecycle', 'constant' or None, got {self.schedule!r}")
+        if self.schedule is not None and self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES} or None, got {self.schedule!r}")
         if self.clip is not None and not self.clip > 0:
             raise ValueError(f"clip must be > 0 or None, got {self.clip!r}")
         if self.bn not in ("eval", "train"):
@@ -142,7 +145,9 @@ class AdaptSettings:
         return DEFAULT_LR[self.optimizer] if isinstance(self.optimizer, str) else DEFAULT_LR["adamw"]
 
     def resolved_weight_decay(self) -> float:
-        return DEFAULT_WD[self.optimizer] if self.weight_decay is None else float(self.weight_decay)
+        if self.weight_decay is not None:
+            return float(self.weight_decay)
+        return DEFAULT_WD[self.optimizer] if isinstance(self.optimizer, str) else DEFAULT_WD["adamw"]
 
     def net_call_options(self) -> dict[str, Any]:
         return {"iters": self.iters, "corr": self.corr, **self.net_options}

@@ -1,10 +1,11 @@
-"""One outer step of MLOF meta-training (Min, Kim, Lim, WACV 2023), configurable, defaults = the release.
+"""One outer step of MLOF meta-training (Min, Kim, Lim, WACV 2023), configurable, defaults = the release's
+constants (``mlof.meta.release.RELEASE``).
 
 Per outer step, for each task (one annotated frame pair):
   learner = maml.clone()
   repeat inner_steps: learner.adapt(unsupervised(learner) + keep_close_weight * ||theta' - theta_fixed||^2)
   outer_t = sequence_loss(learner(img1, img2).flows, gt, valid, gamma, max_flow)
-then mean_t(outer_t).backward() and one optimizer step (Adam 5e-6, no schedule, no clipping).
+then mean_t(outer_t).backward() and one optimizer step (the release: Adam, no schedule, no clipping).
 Each task's outer loss is back-propagated as soon as it is computed (the gradient of a mean is the mean of
 the gradients), so memory holds one task's graph at a time instead of the release's five.
 """
@@ -24,7 +25,8 @@ from mlof.meta.guard import require_finite
 from mlof.meta.maml import MAML, MetaSGD
 from mlof.meta.objective import UnsupervisedObjective
 from mlof.meta.params import ParamSpec
-from mlof.optim import build_optimizer
+from mlof.meta.release import RELEASE
+from mlof.optim import OPTIMIZERS, build_optimizer
 
 __all__ = ["MLOFTrainer", "TASK_KEYS"]
 
@@ -34,21 +36,23 @@ TASK_KEYS = ("img1", "img2", "flow", "valid")
 class MLOFTrainer:
     """Meta-trains ``model`` so that a few unsupervised steps on one instance improve it on that instance.
 
+    Every default is the release's: the numbers are ``mlof.meta.release.RELEASE`` (not restated here).
+
     model:             the flow network (its parameters are updated in place by ``step``).
-    inner_loss:        unsupervised recipe for the inner loop (``mlof.losses.build_loss``), default "mlof".
-    inner_steps:       SGD steps per task (3); inner_lr: their learning rate (5e-6).
+    inner_loss:        unsupervised recipe for the inner loop (``mlof.losses.build_loss``).
+    inner_steps:       SGD steps per task; inner_lr: their learning rate.
     first_order:       FOMAML (True, the release) or exact second order (False).
     params:            what adapts in the inner loop ("all"; a group name, names or a predicate).
     meta_algo:         "maml" or "metasgd" (learned per-parameter inner learning rates).
-    iters:             refinement iterations of the network (12); only the last prediction enters the inner loss,
+    iters:             refinement iterations of the network; only the last prediction enters the inner loss,
                        all of them the outer sequence loss.
-    tasks_per_step:    tasks averaged per outer step (5); ``step`` checks it got that many unless ``strict=False``.
-    outer_lr:          Adam learning rate (5e-6); optimizer: "adam" (release), "adamw" or "sgd";
+    tasks_per_step:    tasks averaged per outer step; ``step`` checks it got that many unless ``strict=False``.
+    outer_lr:          learning rate of the outer optimizer: "adam" (release), "adamw" or "sgd";
                        weight_decay (0), clip (None = no clipping, as the release).
-    keep_close_weight: weight of the pull towards theta_fixed (None = the recipe's: 10 for "mlof").
+    keep_close_weight: weight of the pull towards theta_fixed (None = the recipe's).
     fixed:             "initial" (theta_fixed = the weights at construction, theta_0, as the release) or
                        "current" (the meta-weights at each outer step).
-    gamma, max_flow:   sequence-loss constants (0.85, 400).
+    gamma, max_flow:   sequence-loss constants.
     buffers:           BatchNorm statistics of clones: "shared" (default, the release: learn2learn clones share
                        the running statistics, which drift with every task and end up in the meta-model) or
                        "copy" (the corrected variant: no leak between tasks; see docs/fidelity.md).
@@ -56,10 +60,12 @@ class MLOFTrainer:
     net_options:       further keyword options for the network call.
     """
 
-    def __init__(self, model: nn.Module, inner_loss: Any = "mlof", inner_steps: int = 3, inner_lr: float = 5e-6,
-                 first_order: bool = True, params: ParamSpec = "all", iters: int = 12, tasks_per_step: int = 5,
-                 outer_lr: float = 5e-6, keep_close_weight: float | None = 10.0, gamma: float = 0.85,
-                 max_flow: float = 400.0, meta_algo: str = "maml", optimizer: str = "adam",
+    def __init__(self, model: nn.Module, inner_loss: Any = RELEASE.loss_recipe, inner_steps: int = RELEASE.inner_steps,
+                 inner_lr: float = RELEASE.inner_lr, first_order: bool = True, params: ParamSpec = "all",
+                 iters: int = RELEASE.iters, tasks_per_step: int = RELEASE.tasks_per_step,
+                 outer_lr: float = RELEASE.outer_lr, keep_close_weight: float | None = RELEASE.keep_close_weight,
+                 gamma: float = RELEASE.gamma, max_flow: float = RELEASE.max_flow, meta_algo: str = "maml",
+                 optimizer: str = RELEASE.outer_optimizer,
                  weight_decay: float = 0.0, clip: float | None = None, fixed: str = "initial",
                  buffers: str = "shared", bidirectional: bool = True, strict: bool = True,
                  net_options: Mapping[str, Any] | None = None):
@@ -71,8 +77,8 @@ class MLOFTrainer:
             raise ValueError(f"outer_lr must be a positive number, got {outer_lr!r}")
         if meta_algo not in ("maml", "metasgd"):
             raise ValueError(f"meta_algo must be 'maml' or 'metasgd', got {meta_algo!r}")
-        if optimizer not in ("adam", "adamw", "sgd"):
-            raise ValueError(f"optimizer must be 'adam', 'adamw' or 'sgd', got {optimizer!r}")
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
         if fixed not in ("initial", "current"):
             raise ValueError(f"fixed must be 'initial' or 'current', got {fixed!r}")
         if clip is not None and not clip > 0:

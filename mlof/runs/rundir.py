@@ -220,7 +220,7 @@ class RunDir:
     def writer(self):
         """The TensorBoard ``SummaryWriter`` (created on first use), or None off rank 0 / when disabled."""
         if self._writer is None and self.is_main and self._tb:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # why here: importing tensorboard costs ~1 s
             self.open()
             self._writer = SummaryWriter(log_dir=str(self.path))
         return self._writer
