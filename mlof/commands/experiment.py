@@ -130,6 +130,8 @@ class _Runner:
     def _data(self, subset: str) -> dict[str, Any]:
         d = to_dict(self.cfg.data)
         d["subset"] = subset
+        if subset.endswith(":eval"):
+            d["augment"] = None    # augmentation is for training: held-out pairs are scored as they are
         return d
 
     def train(self, kind: str, split: str, seed: int) -> Path:
