@@ -61,7 +61,9 @@ class FinetuneConfig:
     iters: int = 6
     gamma: float = 0.8
     freeze_bn: bool = False
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, pct_start=0.1, schedule_pad=1))
+    # the optimizer of ml's outer step (Adam, constant lr, no clipping), so ft and ml differ only by the inner loop
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, weight_decay=0.0, schedule="constant",
+                                                                   clip=0.0))
 
 
 def _default_meta() -> MetaConfig:
