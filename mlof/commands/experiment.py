@@ -81,18 +81,19 @@ class ExperimentConfig(RunConfig):
     """
 
     name: str = "experiment"
-    model: ModelConfig = field(default_factory=lambda: ModelConfig(name=None, checkpoint="default"))
-    data: DataConfig = field(default_factory=lambda: DataConfig(
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(name=None, checkpoint="default"))   # theta0
+    data: DataConfig = field(default_factory=lambda: DataConfig(   # the target dataset (training augment kept)
         name="synthetic", options={"domain": "target", "size": [64, 96], "length": 60, "seed": 7}))
+    # labelled-pair splits of the target data (data.subset names: n=20,seed=0 | crossval-k | Sm20_1 ...)
     splits: List[str] = field(default_factory=lambda: ["n=10,seed=0", "n=10,seed=1"])
-    seeds: List[int] = field(default_factory=lambda: [0, 1])
+    seeds: List[int] = field(default_factory=lambda: [0, 1])   # training seeds of ft and ml, per split
     steps: int = 30                  # optimizer steps of ft and of ml (the same budget)
     batch_size: int = 4              # labelled pairs per step (ml: one-pair tasks per outer step)
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    meta: MetaConfig = field(default_factory=_default_meta)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)   # column ft: supervised fine-tuning
+    meta: MetaConfig = field(default_factory=_default_meta)            # column ml: MLOF meta-training
     adapt: Dict[str, Any] = field(default_factory=dict)   # mlof.adapt options of the starred columns ({}: default)
     eval_pairs: int = 12             # held-out pairs scored per split (0: all)
-    iters: Optional[int] = None      # evaluation iterations (None: the dataset's protocol)
+    iters: Optional[int] = 12        # evaluation iterations (None: the dataset's protocol)
     metric: str = "epe"              # the figure of the table (a metric of mlof evaluate)
 
 
