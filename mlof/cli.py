@@ -1,6 +1,6 @@
 """The ``mlof`` command line: ``mlof <subcommand> [--config recipes/X.yaml] [key=value ...]``.
 
-Subcommands: pretrain, meta-train, adapt (meta-inference), evaluate, infer, bench, synth, models, weights,
+Subcommands: pretrain, meta-train, adapt (meta-inference), evaluate, experiment, infer, bench, synth, models, weights,
 fetch, export; each lives in ``mlof.commands.<name>`` with its configuration dataclass. This module only parses
 and dispatches.
 Configuration = the subcommand's defaults <- the YAML recipe <- ``key=value`` overrides (OmegaConf dotlist:
@@ -23,8 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 from mlof import __version__
 from mlof.checkpoint import CheckpointError
 from mlof.cli_help import annotated_listing, examples_text
-from mlof.commands import (adapt, bench, evaluate, export, fetch, infer, meta_train, models, pretrain, synth,
-                           weights)
+from mlof.commands import (adapt, bench, evaluate, experiment, export, fetch, infer, meta_train, models, pretrain,
+                           synth, weights)
 from mlof.config import resolve
 from mlof.train.distributed import shutdown
 
@@ -53,6 +53,8 @@ COMMANDS: dict[str, Command] = {
                         evaluate.EvaluateConfig, evaluate.main),
     "infer": Command("flow for frames, folders and videos -> flow files and colour images", infer.InferConfig,
                      infer.main),
+    "experiment": Command("MLOF's six columns (theta0, theta0*, ft, ft*, ml, ml*) on a target dataset: table + plot",
+                          experiment.ExperimentConfig, experiment.main),
     "bench": Command("speed and peak memory of inference and adaptation", bench.BenchConfig, bench.main),
     "synth": Command("write a synthetic data set with exact flow (Sintel layout)", None, None),
     "models": Command("list the networks with their parameter counts", models.ModelsConfig, models.main),
@@ -114,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
                            help="continue runs/<name> from checkpoints/latest.pt (same recipe; = resume=true)")
             p.add_argument("--overwrite", action="store_true",
                            help="start runs/<name> over, deleting what it holds (= overwrite=true)")
+        elif name == "experiment":
+            p.add_argument("--resume", action="store_true",
+                           help="continue runs/<name>: finished parts are kept, an interrupted training resumes "
+                                "(= resume=true)")
+            p.add_argument("--overwrite", action="store_true",
+                           help="start runs/<name> over, deleting what it holds (= overwrite=true)")
         elif name in _STREAMING:
             p.add_argument("--resume", action="store_true",
                            help="continue an interrupted runs/<name>: finished pairs are not redone (same config)")
@@ -126,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 _RECIPE_EXAMPLES = {"pretrain": "recipes/quick_pretrain.yaml", "meta-train": "recipes/quick_meta_train.yaml",
                     "adapt": "recipes/quick_meta_inference.yaml", "evaluate": "my_evaluate.yaml",
+                    "experiment": "recipes/experiment_cpu.yaml",
                     "infer": "my_infer.yaml", "bench": "my_bench.yaml", "models": "my_models.yaml",
                     "weights": "my_weights.yaml", "fetch": "my_fetch.yaml", "export": "my_export.yaml"}
 

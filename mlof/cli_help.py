@@ -107,6 +107,21 @@ HELP: dict[str, dict[str, str]] = {
         "data": "or a dataset instead of input (data.name=..., data.root=...): pairs with ground truth are scored",
         "color": "also write colour-coded flow PNGs",
     },
+    "experiment": {
+        "model": "theta0: the pretrained network every column starts from",
+        "data": "the target dataset (its augment is used for training only; held-out pairs are scored as they are)",
+        "splits": "labelled-pair splits (data.subset names): n=20,seed=0 | crossval-1 | Sm20_1 ...; their other "
+                  "pairs are held out",
+        "seeds": "training seeds of ft and ml, per split",
+        "steps": "optimizer steps of ft and of ml (the same budget)",
+        "batch_size": "labelled pairs per step (ml: one-pair tasks per outer step)",
+        "finetune": "column ft: supervised fine-tuning (keys of mlof pretrain)",
+        "meta": "column ml: MLOF meta-training (keys of mlof meta-train's meta)",
+        "adapt": "mlof.adapt options of the starred columns ({}: mlof.adapt's default setting)",
+        "eval_pairs": "held-out pairs scored per split (0: all)",
+        "iters": "GRU iterations of the evaluation; null: the dataset's protocol",
+        "metric": "the metric of the table: epe, outlier_3px, fl_all, ... (a key of mlof evaluate's metrics)",
+    },
     "evaluate": {
         "iters": "GRU iterations; null: the dataset's protocol (32 Sintel, 24 KITTI / Chairs)",
         "padding": "sintel | kitti; null: the dataset's protocol",
@@ -190,6 +205,12 @@ EXAMPLES: dict[str, list[str]] = {
         "mlof evaluate data.name=kitti15 data.root=data/KITTI data.options.flow=noc "
         "model.checkpoint=raft-kitti",
         "mlof evaluate data.name=sintel data.root=data/Sintel adapt={steps:3} max_samples=20",
+    ],
+    "experiment": [
+        "mlof experiment                                # CPU default: synthetic target, shipped checkpoint",
+        "mlof experiment --config recipes/experiment_kitti15.yaml data.root=data/KITTI15",
+        "mlof experiment splits=[n=20,seed=0] seeds=[0,1,2] steps=100 adapt={preset:release}",
+        "mlof experiment --resume                       # continue an interrupted experiment",
     ],
     "bench": [
         "mlof bench",

@@ -16,7 +16,7 @@ import torch
 
 from mlof.metrics import FL_ABS_THRESH, FL_REL_THRESH, epe, to_flow_batch, to_mask_batch
 
-__all__ = ["colorwheel", "flow_to_rgb", "error_map", "flow_panel", "batch_panel", "color_key", "series_plot", "to_tensorboard",
+__all__ = ["colorwheel", "flow_to_rgb", "error_map", "flow_panel", "batch_panel", "color_key", "series_plot", "bar_plot", "to_tensorboard",
            "KITTI_ERROR_COLORS"]
 
 _UNKNOWN = 1e9
@@ -275,7 +275,7 @@ def batch_panel(batch: dict[str, Any], flow: torch.Tensor) -> np.ndarray:
     return flow_panel([batch["img1"][0], batch["img2"][0]], flow[0].detach(),
                       gt=None if gt is None else gt[0], valid=None if valid is None else valid[0])
 
-_SERIES_COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
+_SERIES_COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
 
 
 def _nice_step(span: float, target: int = 5) -> float:
@@ -368,3 +368,69 @@ def to_tensorboard(image: np.ndarray) -> torch.Tensor:
         raise ValueError(f"image: expected uint8 H x W x 3 or N x H x W x 3, got {a.dtype} {a.shape}")
     t = torch.from_numpy(np.ascontiguousarray(a))
     return t.permute(2, 0, 1).contiguous() if a.ndim == 3 else t.permute(0, 3, 1, 2).contiguous()
+
+
+def bar_plot(values: dict[str, float | None], spreads: dict[str, float | None] | None = None, *,
+             title: str = "", ylabel: str = "EPE (px)", size: tuple[int, int] = (420, 760)) -> np.ndarray:
+    """A bar chart with optional error bars (± spread), drawn with OpenCV (no matplotlib).
+
+    ``values``: bar label -> height (None / NaN: an empty slot marked "n/a"); ``spreads``: label -> half
+    length of its error bar. Returns an H x W x 3 uint8 RGB image of ``size`` (H, W).
+    """
+    if not values:
+        raise ValueError("values: give at least one bar")
+    h, w = int(size[0]), int(size[1])
+    if h < 120 or w < 200:
+        raise ValueError(f"size: at least 120 x 200 px, got {h} x {w}")
+    spreads = spreads or {}
+    names = list(values)
+    v = np.array([np.nan if values[k] is None else float(values[k]) for k in names], np.float64)
+    s = np.array([0.0 if spreads.get(k) is None else float(spreads[k]) for k in names], np.float64)
+    s[~np.isfinite(s)] = 0.0
+    top = float(np.nanmax(v + s)) if np.isfinite(v).any() else 1.0
+    step = _nice_step(top if top > 0 else 1.0)
+    y_max = step * max(1, int(np.ceil(1.1 * top / step - 1e-9)))
+    img = np.full((h, w, 3), 255, np.uint8)
+    left, right, up, down = 58, 16, 34 if title else 16, 44
+    x0, x1, y0, y1 = left, w - right, h - down, up
+    black, grey = (0, 0, 0), (215, 215, 215)
+
+    def py(val: float) -> int:
+        return int(round(y0 - (y0 - y1) * max(0.0, val) / y_max))
+
+    small = 0.4
+    t = 0.0
+    while t <= y_max + 1e-9:
+        cv2.line(img, (x0, py(t)), (x1, py(t)), grey, 1)
+        text = f"{t:g}"
+        (tw, th), _ = cv2.getTextSize(text, _FONT, small, 1)
+        cv2.putText(img, text, (x0 - 6 - tw, py(t) + th // 2), _FONT, small, black, 1, cv2.LINE_AA)
+        t += step
+    slot = (x1 - x0) / len(names)
+    for i, name in enumerate(names):
+        cx = x0 + slot * (i + 0.5)
+        half = max(2.0, 0.32 * slot)
+        colour = _SERIES_COLORS[i % len(_SERIES_COLORS)]
+        if np.isfinite(v[i]):
+            cv2.rectangle(img, (int(cx - half), py(v[i])), (int(cx + half), y0), colour, -1)
+            if s[i] > 0:
+                lo, hi, cap = py(v[i] - s[i]), py(v[i] + s[i]), int(max(2.0, half / 3))
+                cv2.line(img, (int(cx), lo), (int(cx), hi), black, 1, cv2.LINE_AA)
+                cv2.line(img, (int(cx) - cap, lo), (int(cx) + cap, lo), black, 1)
+                cv2.line(img, (int(cx) - cap, hi), (int(cx) + cap, hi), black, 1)
+            label = f"{v[i]:.3g}"
+            (tw, th), _ = cv2.getTextSize(label, _FONT, small, 1)
+            cv2.putText(img, label, (int(cx - tw / 2), max(th + 2, py(v[i] + s[i]) - 4)), _FONT, small, black, 1,
+                        cv2.LINE_AA)
+        else:
+            (tw, th), _ = cv2.getTextSize("n/a", _FONT, small, 1)
+            cv2.putText(img, "n/a", (int(cx - tw / 2), y0 - 6), _FONT, small, black, 1, cv2.LINE_AA)
+        (tw, th), _ = cv2.getTextSize(name, _FONT, 0.45, 1)
+        cv2.putText(img, name, (int(cx - tw / 2), y0 + 18), _FONT, 0.45, black, 1, cv2.LINE_AA)
+    cv2.line(img, (x0, y0), (x1, y0), black, 1)
+    cv2.line(img, (x0, y0), (x0, y1), black, 1)
+    (tw, th), _ = cv2.getTextSize(ylabel, _FONT, small, 1)
+    cv2.putText(img, ylabel, (4, y1 - 8 if not title else y1 - 4), _FONT, small, black, 1, cv2.LINE_AA)
+    if title:
+        cv2.putText(img, title, (x0, 20), _FONT, 0.5, black, 1, cv2.LINE_AA)
+    return img

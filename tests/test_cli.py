@@ -84,7 +84,8 @@ def test_shipped_recipes_resolve():
     recipes = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
     assert len(recipes) >= 9
     for r in recipes:
-        sub = "meta-train" if "meta_train" in r.name else "adapt" if "meta_inference" in r.name else "pretrain"
+        sub = ("meta-train" if "meta_train" in r.name else "adapt" if "meta_inference" in r.name
+               else "experiment" if r.name.startswith("experiment") else "pretrain")
         assert main([sub, "--config", str(r), "--print-config"]) == 0, r.name
         assert r.read_text().startswith("#"), f"{r.name} needs a header comment saying what it reproduces"
 
