@@ -141,3 +141,37 @@ def test_keep_close_pulls_towards_the_start_weights_only_after_they_moved():
     assert weight == build_loss("mlof").keep_close_weight
     drift = sum(float(((engine.adapted[n].detach() - engine.fixed[n]) ** 2).sum()) for n in engine.names)
     assert res.history[-1]["keep_close"] == pytest.approx(weight * drift, rel=1e-5)
+
+
+def _raft_pair():
+    torch.manual_seed(0)
+    img1 = torch.rand(3, 32, 48) * 255
+    return img1, torch.roll(img1, shifts=(1, 2), dims=(1, 2))
+
+
+def test_adapt_iters_runs_the_steps_with_fewer_iterations_and_predicts_with_iters():
+    import backbones
+
+    torch.manual_seed(0)
+    model = backbones.build("raft_small").eval()
+    pair = _raft_pair()
+    opts = dict(steps=2, recipe="smurf", optimizer="adam", lr=1e-4, schedule=None, memory_budget=None)
+    plain = mlof.adapt(model, pair, iters=3, **opts)
+    same = mlof.adapt(model, pair, iters=3, adapt_iters=3, **opts)
+    assert torch.equal(plain.flows[0], same.flows[0])
+    assert _without_time(plain.history) == _without_time(same.history)
+    fewer = mlof.adapt(model, pair, iters=3, adapt_iters=1, **opts)
+    with torch.no_grad():
+        direct = model(pair[0][None], pair[1][None], iters=3).flow
+    assert torch.equal(fewer.flows_before[0], direct)                 # before: at iters
+    at_one = mlof.adapt(model, pair, iters=1, steps=0, recipe="smurf", memory_budget=None)
+    assert fewer.history[0]["total"] == pytest.approx(at_one.history[0]["total"], rel=1e-6)   # steps: at adapt_iters
+    with torch.no_grad():
+        adapted = fewer.model(pair[0][None], pair[1][None], iters=3).flow
+    assert torch.allclose(fewer.flows[0], adapted, atol=1e-5)          # after: the kept state at iters
+
+
+@pytest.mark.parametrize("bad", [0, 1.5, True, "2"])
+def test_adapt_iters_is_checked(bad):
+    with pytest.raises(ValueError, match="adapt_iters"):
+        adapt_settings(adapt_iters=bad)

@@ -32,17 +32,21 @@ _FAST = {"optimizer": "adam", "schedule": "constant", "lr": 1e-4, "weight_decay"
 SETTINGS: dict[str, dict[str, Any]] = {
     "release": {"preset": "release"},
     "default": {},
-    "mlof-10": {**_FAST, "recipe": "mlof", "steps": 10},
-    "uflow-10": {**_FAST, "recipe": "uflow", "steps": 10},
-    "smurf-5": {**_FAST, "recipe": "smurf", "steps": 5},
-    "smurf-10": {**_FAST, "recipe": "smurf", "steps": 10},
-    "smurf-20": {**_FAST, "recipe": "smurf", "steps": 20},
-    "smurf-10-lr3e-4": {**_FAST, "recipe": "smurf", "steps": 10, "lr": 3e-4},
-    "smurf-10-lr3e-5": {**_FAST, "recipe": "smurf", "steps": 10, "lr": 3e-5},
-    "smurf-10-update": {**_FAST, "recipe": "smurf", "steps": 10, "params": "update_block"},
-    "smurf-10-last": {**_FAST, "recipe": "smurf", "steps": 10, "keep": "last"},
-    "smurf-10-bf16": {**_FAST, "recipe": "smurf", "steps": 10, "precision": "bf16"},
-    "smurf-10-crop": {**_FAST, "recipe": "smurf", "steps": 10, "crop": [256, 384]},
+    "smurf-10-i12": {**_FAST, "recipe": "smurf", "steps": 10},        # 12 iterations in the steps as well
+    "smurf-10-i4": {**_FAST, "recipe": "smurf", "steps": 10, "adapt_iters": 4},
+    "smurf-10-i1": {**_FAST, "recipe": "smurf", "steps": 10, "adapt_iters": 1},
+    "smurf-5": {**_FAST, "recipe": "smurf", "steps": 5, "adapt_iters": 2},
+    "smurf-10": {**_FAST, "recipe": "smurf", "steps": 10, "adapt_iters": 2},
+    "smurf-20": {**_FAST, "recipe": "smurf", "steps": 20, "adapt_iters": 2},
+    "smurf-10-lr3e-4": {**_FAST, "recipe": "smurf", "steps": 10, "adapt_iters": 2, "lr": 3e-4},
+    "smurf-10-lr3e-5": {**_FAST, "recipe": "smurf", "steps": 10, "adapt_iters": 2, "lr": 3e-5},
+    "smurf-10-update": {**_FAST, "recipe": "smurf", "steps": 10, "adapt_iters": 2, "params": "update_block"},
+    "smurf-10-last": {**_FAST, "recipe": "smurf", "steps": 10, "adapt_iters": 2, "keep": "last"},
+    "smurf-10-bf16": {**_FAST, "recipe": "smurf", "steps": 10, "adapt_iters": 2, "precision": "bf16"},
+    "smurf-10-crop": {**_FAST, "recipe": "smurf", "steps": 10, "adapt_iters": 2, "crop": [256, 384]},
+    "mlof-10": {**_FAST, "recipe": "mlof", "steps": 10, "adapt_iters": 2},
+    "uflow-10": {**_FAST, "recipe": "uflow", "steps": 10, "adapt_iters": 2},
+    "arflow-10": {**_FAST, "recipe": "arflow", "steps": 10, "adapt_iters": 2},
 }
 
 

@@ -274,9 +274,10 @@ class Adapter:
             self.reset()
             resets.append((index, "every"))
         with torch.no_grad():
-            start = self.objective(self.start_model, *pair, **s.net_call_options())
+            start = self.objective(self.start_model, *pair, **s.net_call_options(adapting=True))
+            before = (call_net(self.start_model, self.start_model, *pair, **s.net_call_options()).flow.detach()
+                      if s.adapt_iters not in (None, s.iters) else start.out_fw.flow.detach())
         start_total = float(start.total)
-        before = start.out_fw.flow.detach()
         carried = self.since_reset > 0
         out = self._adapt([pair], tag={"pair": index, "reset": "", "start_total": start_total})
         after = self._data_total(out)
@@ -306,12 +307,13 @@ class Adapter:
         after k steps: its objective (``total`` and every term), the guard's decision, the lr and gradient norm
         of the step taken from it, and ``time`` (seconds: evaluation, plus backward and update when a step was
         taken). With crops (``augment`` / ``crop``, the release protocol) see ``_adapt_on_crops``. When
-        ``bn_predict`` differs from ``bn``, the flows before and after are predicted in the ``bn_predict`` mode
-        (so that they compare at one setting)."""
+        ``bn_predict`` differs from ``bn``, or ``adapt_iters`` from ``iters``, the flows before and after are
+        predicted in a pass of their own (``bn_predict`` mode, ``iters`` iterations), so that they compare at
+        one setting."""
         s = self.settings
         if s.on_crops:
             return self._adapt_on_crops(pairs, tag)
-        if s.bn_predict is None or s.bn_predict == s.bn:
+        if not s.separate_prediction:
             return self._adapt_full_frames(pairs, tag)
         before = self._predict(pairs)
         out = self._adapt_full_frames(pairs, tag)
@@ -320,7 +322,8 @@ class Adapter:
 
     def _score(self, pairs: list[Pair], backward: bool, accept: Any = None):
         return self.objective.over_pairs(self.model, pairs, params=self.adapted, fixed=self.fixed,
-                                         backward=backward, accept=accept, **self.settings.net_call_options())
+                                         backward=backward, accept=accept,
+                                         **self.settings.net_call_options(adapting=True))
 
     def _step(self, opt: torch.optim.Optimizer, sched: Any, entry: dict, action: str) -> bool:
         """Clip the gradient norm, record it and the lr in ``entry``, step the optimizer and schedule -- unless the

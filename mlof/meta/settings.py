@@ -61,6 +61,9 @@ class AdaptSettings:
     recipe: Any = RELEASE.loss_recipe     # mlof.losses.build_loss recipe or a loss module
     params: ParamSpec = "all"             # what adapts
     iters: int | None = RELEASE.iters     # refinement iterations (ignored by networks without them)
+    adapt_iters: int | None = None        # iterations of the network in the adaptation steps; None = ``iters``
+                                          # (RAFT detaches the flow between iterations, so the gradient of the
+                                          # last flow only sees the last update: fewer iterations, truer gradient)
     corr: str | None = None               # correlation backend, passed to networks that take ``corr``
     keep_close_weight: float | None = None  # pull towards the start weights; None: the recipe's keep_close_weight
     bn: str = "eval"                      # BN mode while adapting: "eval" (running stats) or "train" (batch stats)
@@ -115,6 +118,9 @@ class AdaptSettings:
             raise ValueError(f"keep must be 'best' or 'last', got {self.keep!r}")
         if self.iters is not None and (not isinstance(self.iters, int) or self.iters < 1):
             raise ValueError(f"iters must be an int >= 1, got {self.iters!r}")
+        if self.adapt_iters is not None and (isinstance(self.adapt_iters, bool) or not isinstance(self.adapt_iters, int)
+                                             or self.adapt_iters < 1):
+            raise ValueError(f"adapt_iters must be an int >= 1 or null, got {self.adapt_iters!r}")
         if self.precision is not None:
             check_precision(self.precision)
         if self.memory_budget not in (None, "auto"):
@@ -149,8 +155,18 @@ class AdaptSettings:
             return float(self.weight_decay)
         return DEFAULT_WD[self.optimizer] if isinstance(self.optimizer, str) else DEFAULT_WD["adamw"]
 
-    def net_call_options(self) -> dict[str, Any]:
-        return {"iters": self.iters, "corr": self.corr, **self.net_options}
+    def net_call_options(self, adapting: bool = False) -> dict[str, Any]:
+        """Keyword options of the network call: for the returned flows, or (``adapting``) for the objective of
+        the adaptation steps, which runs ``adapt_iters`` iterations when set."""
+        iters = self.adapt_iters if adapting and self.adapt_iters is not None else self.iters
+        return {"iters": iters, "corr": self.corr, **self.net_options}
+
+    @property
+    def separate_prediction(self) -> bool:
+        """Whether the returned flows need their own forward pass (another BN mode or iteration count than the
+        adaptation steps)."""
+        return ((self.bn_predict is not None and self.bn_predict != self.bn)
+                or (self.adapt_iters is not None and self.adapt_iters != self.iters))
 
 
 def adapt_settings(options: Mapping[str, Any] | AdaptSettings | None = None, **overrides: Any) -> AdaptSettings:
