@@ -175,3 +175,38 @@ def test_adapt_iters_runs_the_steps_with_fewer_iterations_and_predicts_with_iter
 def test_adapt_iters_is_checked(bad):
     with pytest.raises(ValueError, match="adapt_iters"):
         adapt_settings(adapt_iters=bad)
+
+
+def test_adapt_iters_check_keeps_the_start_when_the_returned_flow_is_worse(monkeypatch):
+    import backbones
+
+    torch.manual_seed(0)
+    model = backbones.build("raft_small").eval()
+    pair = _raft_pair()
+    opts = dict(steps=2, recipe="smurf", optimizer="adam", lr=1e-4, schedule=None, memory_budget=None, iters=3,
+                adapt_iters=1)
+    ok = mlof.adapt(model, pair, **opts)
+    last = ok.history[-1]
+    assert last["guard"] in ("check:adapted", "check:start") and "check_before" in last
+    # a check loss that calls the adapted flow worse than the start flow: the start state must come back
+    engine = Adapter(model, **opts)
+    real, check = engine.objective.loss, engine._check_at_prediction
+    calls = []
+
+    def skewed(a, b, f):                 # first call: the start flow, second: the adapted flow
+        calls.append(f)
+        out = real(a, b, f)
+        return type(out)(out.total + (1.0 if len(calls) == 2 else 0.0), out.terms)
+
+    def skewed_check(*args, **kwargs):
+        monkeypatch.setattr(engine.objective, "loss", skewed)
+        try:
+            return check(*args, **kwargs)
+        finally:
+            monkeypatch.setattr(engine.objective, "loss", real)
+
+    monkeypatch.setattr(engine, "_check_at_prediction", skewed_check)
+    result = engine.run([tuple(x[None] for x in pair)])
+    assert len(calls) == 2 and result.history[-1]["guard"] == "check:start" and result.steps_taken == 0
+    assert torch.equal(result.flows[0], result.flows_before[0])
+    assert all(torch.equal(p, q) for p, q in zip(engine.model.parameters(), model.parameters()))

@@ -311,14 +311,43 @@ class Adapter:
         predicted in a pass of their own (``bn_predict`` mode, ``iters`` iterations), so that they compare at
         one setting."""
         s = self.settings
+        checked = s.guard and s.adapt_iters not in (None, s.iters)
+        start = snapshot(self.model, self.names) if checked else None
         if s.on_crops:
-            return self._adapt_on_crops(pairs, tag)
-        if not s.separate_prediction:
+            out = self._adapt_on_crops(pairs, tag)
+        elif not s.separate_prediction:
             return self._adapt_full_frames(pairs, tag)
-        before = self._predict(pairs)
-        out = self._adapt_full_frames(pairs, tag)
-        out.flows_before, out.flows = before, self._predict(pairs)
+        else:
+            before = self._predict(pairs)
+            out = self._adapt_full_frames(pairs, tag)
+            out.flows_before, out.flows = before, self._predict(pairs)
+        if checked:
+            self._check_at_prediction(pairs, out, start, tag)
         return out
+
+    def _check_at_prediction(self, pairs: list[Pair], out: _Outcome, start: dict[str, torch.Tensor],
+                             tag: Mapping[str, Any] | None) -> None:
+        """The guard's last word when the steps ran fewer iterations than the returned flows (``adapt_iters``):
+        the state was chosen by the objective at ``adapt_iters``, but what is returned is the flow at ``iters``,
+        and a network adapted at 2 iterations can go astray at 12. So the recipe's loss of the returned forward
+        flows (no ground truth needed; forward direction only: the flows are already there) is compared with
+        that of the start state's, and the start state is kept unless the adapted one is no worse."""
+        if out.best_step == 0:     # the start state is returned already
+            return
+
+        def value(flows: list[torch.Tensor]) -> float:
+            with torch.no_grad():
+                vals = [float(self.objective.loss(a, b, f).total) for (a, b), f in zip(pairs, flows)]
+            return sum(vals) / len(vals)
+
+        before, after = value(out.flows_before), value(out.flows)
+        entry = {**(tag or {}), "step": out.best_step, "guard": "check:adapted", "check_before": before,
+                 "check_after": after, "check_iters": self.settings.iters}
+        if not (math.isfinite(after) and after <= before):
+            restore(self.model, start)
+            out.flows, out.best_step = [f.clone() for f in out.flows_before], 0
+            entry.update(step=0, guard="check:start")
+        out.history.append(entry)
 
     def _score(self, pairs: list[Pair], backward: bool, accept: Any = None):
         return self.objective.over_pairs(self.model, pairs, params=self.adapted, fixed=self.fixed,
