@@ -139,14 +139,19 @@ def load(path: str | os.PathLike, backbone: str | None = None, map_location: str
     return model.to(map_location).eval()
 
 
-def export_weights(src: str | os.PathLike, dst: str | os.PathLike, **extra: Any) -> Path:
+def export_weights(src: str | os.PathLike, dst: str | os.PathLike, options: dict[str, Any] | None = None,
+                   **extra: Any) -> Path:
     """Write ``src`` (an mlof training checkpoint) to ``dst`` without its resume state.
 
     Keeps the network (backbone + state_dict), ``step``, ``recipe`` and ``metrics``; drops the optimizer,
-    scheduler and RNG states (a third of the size for Adam-trained networks). ``extra`` entries are added or
-    replace kept ones (e.g. ``recipe={"pretrain": ..., "meta_train": ...}``). Atomic like ``save_checkpoint``.
+    scheduler and RNG states (a third of the size for Adam-trained networks). ``options`` replaces the stored
+    build options of the network (e.g. ``{}`` to drop the ``precision: bf16`` a run trained with, so the file
+    runs in fp32 by default). ``extra`` entries are added or replace kept ones (e.g.
+    ``recipe={"pretrain": ..., "meta_train": ...}``). Atomic like ``save_checkpoint``.
     """
     ckpt = load_checkpoint(src)
+    if options is not None:
+        ckpt["backbone"] = {**ckpt["backbone"], "options": dict(options)}
     clash = [k for k in extra if k in _RESERVED]
     if clash:
         raise ValueError(f"export_weights: {', '.join(clash)} come from {src}")

@@ -123,3 +123,14 @@ def test_export_drops_resume_state(tmp_path, small):
     assert set(ckpt) == {"format", "version", "backbone", "state_dict", "step", "recipe", "metrics"}
     assert ckpt["metrics"] == {"epe": 1.0} and ckpt["step"] == 5
     assert mlof.load(out).mlof_spec["name"] == "raft_small"
+
+
+def test_export_can_replace_the_build_options(tmp_path):
+    import backbones
+
+    net = backbones.build("raft_small", precision="bf16", channels_last=True)
+    full = save_checkpoint(tmp_path / "full.pt", net, step=1)
+    assert torch.load(full, weights_only=True)["backbone"]["options"] == {"precision": "bf16", "channels_last": True}
+    out = export_weights(full, tmp_path / "fp32.pt", options={})
+    assert torch.load(out, weights_only=True)["backbone"]["options"] == {}
+    assert mlof.load(out).precision == "fp32"
