@@ -121,6 +121,11 @@ HELP: dict[str, dict[str, str]] = {
         "eval_pairs": "held-out pairs scored per split (0: all)",
         "iters": "GRU iterations of the evaluation; null: the dataset's protocol",
         "metric": "the metric of the table: epe, outlier_3px, fl_all, ... (a key of mlof evaluate's metrics)",
+        "data.options.domain": "synthetic domain of the target data: target (another camera and world than the "
+                               "source domain), source, natural, or a YAML file",
+        "data.options.size": "frame size [H, W] of the synthetic pairs",
+        "data.options.length": "number of synthetic pairs (labelled + held out)",
+        "data.options.seed": "seed of the synthetic pairs",
     },
     "evaluate": {
         "iters": "GRU iterations; null: the dataset's protocol (32 Sintel, 24 KITTI / Chairs)",
@@ -270,11 +275,18 @@ def _field_types(cls: Any) -> dict[str, Any]:
     return out
 
 
+# sections of a command's config that take another command's keys (and their help lines)
+_BORROWED = {"experiment": {"finetune": "pretrain", "meta": "meta-train"}}
+
+
 def key_help(sub: str, key: str, defaults: Any = None) -> str:
     """The help line of dotted ``key`` of subcommand ``sub`` ('' when none is known)."""
     text = HELP.get(sub, {}).get(key) or HELP["*"].get(key)
     if text:
         return text
+    for section, owner in _BORROWED.get(sub, {}).items():   # a section that is another command's config
+        if key.startswith(section + "."):
+            return key_help(owner, key[len(section) + 1:] if owner == "pretrain" else key)
     cls = defaults
     parts = key.split(".")
     for part in parts[:-1]:

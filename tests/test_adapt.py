@@ -38,7 +38,8 @@ def sintel_result(small_raft, flow_samples, single_thread_module):
     model.train()  # the caller's mode must survive
     before = _state(model)
     # module-scoped: runs before the function-scoped single_thread fixture, hence single_thread_module
-    result = mlof.adapt(model, frames, steps=2, iters=2, optimizer="adam", lr=3e-5, schedule=None)
+    result = mlof.adapt(model, frames, preset="release-optimizer", steps=2, iters=2, optimizer="adam", lr=3e-5,
+                        schedule=None)
     return model, before, result
 
 
@@ -127,7 +128,7 @@ def test_guard_skips_nan_gradient_injected_by_hook():
 
 def test_best_state_is_kept_by_default_and_guard_can_be_off():
     img1, img2 = shifted_pair()
-    opts = dict(steps=4, optimizer="adam", lr=0.02, schedule=None)
+    opts = dict(preset="release-optimizer", steps=4, optimizer="adam", lr=0.02, schedule=None)
     best = mlof.adapt(ToyFlowNet(), (img1, img2), **opts)
     totals = [h["total"] for h in best.history]
     assert best.steps_taken == min(range(len(totals)), key=totals.__getitem__) < 4  # step 4 was worse
@@ -180,13 +181,18 @@ def test_bad_options_raise_value_error():
         mlof.adapt(ToyFlowNet(), pair, params="context_encoder")
 
 
-def test_release_defaults():
+def test_defaults_and_the_release_optimizer_preset():
     from mlof.meta.engine import adapt_optimizer
-    from mlof.meta.settings import AdaptSettings
-    s = AdaptSettings()
-    assert (s.steps, s.optimizer, s.resolved_lr(), s.clip, s.recipe, s.iters, s.bn) == \
-        (3, "adamw", 1e-5, 1.0, "mlof", 12, "eval")
+    from mlof.meta.settings import AdaptSettings, adapt_settings
+    s = AdaptSettings()   # mlof's measured default (README "Adaptation")
+    assert (s.steps, s.optimizer, s.resolved_lr(), s.resolved_weight_decay(), s.schedule, s.clip, s.recipe, s.iters,
+            s.adapt_iters, s.bn) == (10, "adam", 1e-4, 0.0, "constant", 1.0, "smurf", 12, 1, "eval")
     opt, sched = adapt_optimizer([torch.nn.Parameter(torch.zeros(1))], s)
+    assert isinstance(opt, torch.optim.Adam) and sched is None
+    old = adapt_settings(preset="release-optimizer")   # mlof 0.1's default: the release's optimizer, full frames
+    assert (old.steps, old.optimizer, old.resolved_lr(), old.clip, old.recipe, old.iters, old.adapt_iters,
+            old.bn) == (3, "adamw", 1e-5, 1.0, "mlof", 12, None, "eval")
+    opt, sched = adapt_optimizer([torch.nn.Parameter(torch.zeros(1))], old)
     assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[0]["weight_decay"] == 1e-5
     assert isinstance(sched, torch.optim.lr_scheduler.OneCycleLR)
 

@@ -15,7 +15,7 @@ from tests.meta_helpers import ToyFlowNet, shifted_pair, sintel_clip
 # Small tensors: one intra-op thread is 10-30x faster than two on a loaded machine (see single_thread).
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-OPTS = dict(steps=1, optimizer="adam", lr=1e-2, schedule=None)
+OPTS = dict(preset="release-optimizer", steps=1, optimizer="adam", lr=1e-2, schedule=None)
 
 
 def test_online_over_alley_1_clip(flow_samples):
@@ -23,7 +23,7 @@ def test_online_over_alley_1_clip(flow_samples):
     model = backbones.build("raft_small")
     clip = sintel_clip(flow_samples, (64, 96))  # frames 1..4
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    result = mlof.adapt(model, clip, mode="online", steps=1, iters=2, optimizer="adam", lr=3e-5, schedule=None)
+    result = mlof.adapt(model, clip, mode="online", preset="release-optimizer", steps=1, iters=2, optimizer="adam", lr=3e-5, schedule=None)
     assert result.mode == "online" and len(result.flows) == 3 and len(result.flows_before) == 3
     assert all(f.shape == (1, 2, 64, 96) and torch.isfinite(f).all() for f in result.flows)
     assert sorted({h["pair"] for h in result.history}) == [0, 1, 2]

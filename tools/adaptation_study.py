@@ -31,7 +31,11 @@ _FAST = {"optimizer": "adam", "schedule": "constant", "lr": 1e-4, "weight_decay"
 # name -> mlof.adapt options (mlof.adapt's own defaults for everything not given)
 SETTINGS: dict[str, dict[str, Any]] = {
     "release": {"preset": "release"},
-    "default": {},
+    "release-optimizer": {"preset": "release-optimizer"},     # mlof 0.1's default
+    "default": {},                                            # mlof.adapt's default (smurf, 10 steps, adapt_iters 1)
+    "default-20": {"steps": 20},
+    "default-update": {"params": "update_block"},
+    "uflow-default": {"recipe": "uflow"},
     "smurf-10-i12": {**_FAST, "recipe": "smurf", "steps": 10},        # 12 iterations in the steps as well
     "smurf-10-i4": {**_FAST, "recipe": "smurf", "steps": 10, "adapt_iters": 4},
     "smurf-10-i1": {**_FAST, "recipe": "smurf", "steps": 10, "adapt_iters": 1},

@@ -14,6 +14,7 @@ and ``mlof.commands.evaluate``'s adaptation are thin uses of it. Options and the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import copy
 import math
 import time
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 
 from mlof.meta.crops import crop_augmentor, draw_crops
-from mlof.meta.forward import call_net
+from mlof.meta.forward import call_net, has_iterations
 from mlof.meta.frames import as_frame
 from mlof.meta.guard import ROLLBACK_DIVERGED, ROLLBACK_NONFINITE, SKIP_GRADIENT, Guard
 from mlof.meta.objective import UnsupervisedObjective
@@ -158,7 +159,10 @@ class Adapter:
     def __init__(self, model: nn.Module, settings: AdaptSettings | Mapping[str, Any] | None = None, **options: Any):
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
-        s = self.settings = adapt_settings(settings, **options)
+        s = adapt_settings(settings, **options)
+        if s.adapt_iters is not None and not has_iterations(model):
+            s = dataclasses.replace(s, adapt_iters=None)   # iterations mean nothing to this network
+        self.settings = s
         self.device = torch.device(s.device) if s.device is not None else model_device(model)
         # the caller's mode and flags, handed back with the adapted copy
         self._caller_training = model.training
@@ -331,7 +335,8 @@ class Adapter:
         the state was chosen by the objective at ``adapt_iters``, but what is returned is the flow at ``iters``,
         and a network adapted at 2 iterations can go astray at 12. So the recipe's loss of the returned forward
         flows (no ground truth needed; forward direction only: the flows are already there) is compared with
-        that of the start state's, and the start state is kept unless the adapted one is no worse."""
+        that of the start state's, and the start state is returned unless the adapted one is no worse
+        (``history[-1]["check"]``: ``"adapted"`` or ``"start"``)."""
         if out.best_step == 0:     # the start state is returned already
             return
 
@@ -341,13 +346,13 @@ class Adapter:
             return sum(vals) / len(vals)
 
         before, after = value(out.flows_before), value(out.flows)
-        entry = {**(tag or {}), "step": out.best_step, "guard": "check:adapted", "check_before": before,
-                 "check_after": after, "check_iters": self.settings.iters}
-        if not (math.isfinite(after) and after <= before):
+        keep = math.isfinite(after) and after <= before
+        if not keep:
             restore(self.model, start)
             out.flows, out.best_step = [f.clone() for f in out.flows_before], 0
-            entry.update(step=0, guard="check:start")
-        out.history.append(entry)
+        # recorded on the last history entry (the last evaluated state), as "check": the kept state
+        out.history[-1].update(check="adapted" if keep else "start", check_before=before, check_after=after,
+                               check_iters=self.settings.iters)
 
     def _score(self, pairs: list[Pair], backward: bool, accept: Any = None):
         return self.objective.over_pairs(self.model, pairs, params=self.adapted, fixed=self.fixed,

@@ -10,7 +10,7 @@ from torch import nn
 
 from backbones.base import Capabilities, FlowOutput
 
-__all__ = ["call_options", "call_net", "bidirectional", "can_batch_directions", "split_output"]
+__all__ = ["call_options", "has_iterations", "call_net", "bidirectional", "can_batch_directions", "split_output"]
 
 NetFn = Callable[..., Any]
 
@@ -35,6 +35,12 @@ def call_options(module: nn.Module, options: dict[str, Any]) -> dict[str, Any]:
                    "bidirectional": not caps.bidirectional}
         kwargs = {k: v for k, v in kwargs.items() if not dropped.get(k, False)}
     return kwargs
+
+
+def has_iterations(module: nn.Module) -> bool:
+    """Whether ``module`` is a backbone that declares refinement iterations (the RAFT family)."""
+    caps = _capabilities(module)
+    return caps is not None and caps.iterations
 
 
 def call_net(fn: NetFn, module: nn.Module, img1: torch.Tensor, img2: torch.Tensor, **options: Any) -> Any:

@@ -29,9 +29,17 @@ DEFAULT_WD = {"adamw": RELEASE.adapt_weight_decay, "adam": 0.0, "sgd": 0.0}
 
 # Named protocols (``preset=``); options given next to a preset override its values.
 PRESETS: dict[str, dict[str, Any]] = {
-    # mlof's own choice: the release's optimizer and objective on the FULL frames, batch norm in eval mode,
-    # the guard keeping the best state by the objective (= the defaults of AdaptSettings).
+    # mlof's default (= the defaults of AdaptSettings), the best setting measured by tools/adaptation_study.py
+    # (README "Adaptation"): 10 constant-lr Adam steps of the SMURF loss on the full frames, 1 refinement
+    # iteration inside the steps, batch norm in eval mode, the guard keeping the best state.
     "mlof": {},
+    # mlof 0.1's default: the release's optimizer and objective (3 AdamW steps, OneCycle, MLOF loss) on the full
+    # frames with batch norm in eval mode and the guard; barely moves a network (docs/meta.md).
+    # lr / weight decay None: the optimizer's conventional values (DEFAULT_LR / DEFAULT_WD: adamw = the release's)
+    "release-optimizer": {"steps": RELEASE.adapt_steps, "optimizer": RELEASE.adapt_optimizer,
+                          "lr": None, "weight_decay": None, "schedule": "onecycle",
+                          "clip": RELEASE.adapt_clip, "recipe": RELEASE.loss_recipe, "iters": RELEASE.iters,
+                          "adapt_iters": None},
     # The MLOF release's meta_inference.py, stated in full so that it stays the release's whatever the defaults
     # become: network in train() while adapting (batch statistics, running statistics updated), each of the
     # RELEASE.adapt_steps AdamW steps (RELEASE's lr, weight decay, clip; OneCycle) on a new random crop drawn by
@@ -40,7 +48,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "release": {"steps": RELEASE.adapt_steps, "optimizer": RELEASE.adapt_optimizer, "lr": RELEASE.adapt_lr,
                 "weight_decay": RELEASE.adapt_weight_decay, "schedule": "onecycle", "clip": RELEASE.adapt_clip,
                 "recipe": RELEASE.loss_recipe, "params": "all", "iters": RELEASE.iters, "bn": "train",
-                "bn_predict": "eval", "augment": "mlof-release-sintel", "guard": False, "keep": "last"},
+                "bn_predict": "eval", "augment": "mlof-release-sintel", "guard": False, "keep": "last",
+                "adapt_iters": None},
 }
 PRESETS["release-sintel"] = dict(PRESETS["release"])
 PRESETS["release-kitti"] = {**PRESETS["release"], "augment": "mlof-release-kitti"}
@@ -48,20 +57,22 @@ PRESETS["release-kitti"] = {**PRESETS["release"], "augment": "mlof-release-kitti
 
 @dataclass
 class AdaptSettings:
-    """Every option of test-time adaptation with its default (docs/meta.md has the table with the meanings);
-    the optimizer, its steps, clipping, iterations and objective default to the release's (``RELEASE``)."""
+    """Every option of test-time adaptation with its default (docs/meta.md has the table with the meanings).
+
+    The defaults are mlof's measured best setting (preset ``"mlof"``; README "Adaptation"); the release's
+    meta-inference is preset ``"release"`` (its constants: ``RELEASE``)."""
 
     mode: str = "joint"                   # "joint" | "pairwise" | "online" (see mlof.meta.engine.Adapter.run)
-    steps: int = RELEASE.adapt_steps
-    optimizer: OptimizerSpec = RELEASE.adapt_optimizer  # a name of mlof.optim.OPTIMIZERS or params -> Optimizer
-    lr: float | None = None               # None: DEFAULT_LR[optimizer]
-    weight_decay: float | None = None     # None: DEFAULT_WD[optimizer]
-    schedule: str | None = "onecycle"     # RAFT-lineage OneCycle (total steps + 100, 5 % warm-up, linear); None
+    steps: int = 10
+    optimizer: OptimizerSpec = "adam"     # a name of mlof.optim.OPTIMIZERS or params -> Optimizer
+    lr: float | None = 1e-4               # None: DEFAULT_LR[optimizer] (the release's for adamw / sgd)
+    weight_decay: float | None = 0.0      # None: DEFAULT_WD[optimizer]
+    schedule: str | None = "constant"     # "onecycle": RAFT-lineage OneCycle (steps + 100, 5 % warm-up, linear)
     clip: float | None = RELEASE.adapt_clip  # gradient-norm clipping; None disables it
-    recipe: Any = RELEASE.loss_recipe     # mlof.losses.build_loss recipe or a loss module
+    recipe: Any = "smurf"                 # mlof.losses.build_loss recipe or a loss module
     params: ParamSpec = "all"             # what adapts
     iters: int | None = RELEASE.iters     # refinement iterations (ignored by networks without them)
-    adapt_iters: int | None = None        # iterations of the network in the adaptation steps; None = ``iters``
+    adapt_iters: int | None = 1           # iterations of the network in the adaptation steps; None = ``iters``
                                           # (RAFT detaches the flow between iterations, so the gradient of the
                                           # last flow only sees the last update: fewer iterations, truer gradient)
     corr: str | None = None               # correlation backend, passed to networks that take ``corr``
