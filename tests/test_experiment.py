@@ -100,6 +100,9 @@ def test_summarize_and_verdict():
     worse = ex.summarize(_records({**base, "ml*": [2.9, 3.1]}))
     assert ex.verdict(worse).startswith("ft* is best") and "did not help" in ex.verdict(worse)
     assert ex.summarize([])["ml*"]["n"] == 0 and ex.verdict(ex.summarize([])) == "no column was scored"
+    d = ex.paired(_records({**base, "ml*": [2.2, 2.6]}))
+    assert d["ft*"]["mean"] == pytest.approx(-0.1) and d["ft*"]["wins"] == 1 and d["ft*"]["n"] == 2
+    assert d["theta0"]["mean"] == pytest.approx(-0.7) and d["theta0"]["wins"] == 2
 
 
 def test_bar_plot():

@@ -49,7 +49,8 @@ from mlof.train.runner import run_training
 from mlof.utils import atomic_open
 from mlof.viz import bar_plot
 
-__all__ = ["ExperimentConfig", "FinetuneConfig", "COLUMNS", "run_experiment", "summarize", "verdict", "main"]
+__all__ = ["ExperimentConfig", "FinetuneConfig", "COLUMNS", "run_experiment", "summarize", "paired", "verdict",
+           "main"]
 
 COLUMNS = ("theta0", "theta0*", "ft", "ft*", "ml", "ml*")
 
@@ -203,6 +204,26 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def paired(records: list[dict[str, Any]], column: str = "ml*") -> dict[str, dict[str, Any]]:
+    """``column`` minus every other column, paired by (split, seed): mean and sample std of the differences.
+
+    Splits differ in difficulty, which inflates the spread of each column; the paired difference removes that
+    shared part (negative = ``column`` is better)."""
+    value = {(r["split"], r["seed"], r["column"]): r["value"] for r in records if r["value"] is not None}
+    keys = {(sp, se) for sp, se, c in value if c == column}
+    out = {}
+    for other in COLUMNS:
+        if other == column:
+            continue
+        d = [value[(sp, se, column)] - value[(sp, se, other)] for sp, se in sorted(keys, key=str)
+             if (sp, se, other) in value]
+        if d:
+            a = np.asarray(d, np.float64)
+            out[other] = {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else 0.0,
+                          "n": int(a.size), "wins": int((a < 0).sum())}
+    return out
+
+
 def verdict(stats: dict[str, dict[str, Any]]) -> str:
     """One sentence: which column is best, and whether ml* beats every other column beyond the spread."""
     have = {c: s for c, s in stats.items() if s["mean"] is not None}
@@ -231,6 +252,12 @@ def _tables(stats: dict[str, dict[str, Any]], metric: str, records: list[dict[st
     for split in dict.fromkeys(r["split"] for r in records):
         per = summarize([r for r in records if r["split"] == split])
         md.append(f"| {split} | " + " | ".join(cell(per[c]) for c in COLUMNS) + " |")
+    diffs = paired(records)
+    if diffs:
+        md += ["", "| ml* minus (paired by split and seed) | " + " | ".join(diffs) + " |",
+               "|---|" + "---|" * len(diffs),
+               "| mean ± std (ml* better in k of n) | " + " | ".join(
+                   f"{d['mean']:+.3f} ± {d['std']:.3f} ({d['wins']} of {d['n']})" for d in diffs.values()) + " |"]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["split", "seed", "column", metric])
@@ -284,7 +311,8 @@ def run_experiment(cfg: Any, progress: bool = True, resume: bool = False, overwr
                 add(split, int(seed), summary, kind, kind + "*")
     stats = summarize(records)
     md, table_csv = _tables(stats, cfg.metric, records)
-    results = {"metric": cfg.metric, "columns": list(COLUMNS), "stats": stats, "records": records,
+    results = {"metric": cfg.metric, "columns": list(COLUMNS), "stats": stats, "paired_ml_star": paired(records),
+               "records": records,
                "verdict": verdict(stats), "seconds": seconds, "wall_time_s": time.perf_counter() - t_all,
                "config": to_dict(cfg)}
     with atomic_open(root / "results.json", "w") as f:
