@@ -186,7 +186,7 @@ def test_defaults_and_the_release_optimizer_preset():
     from mlof.meta.settings import AdaptSettings, adapt_settings
     s = AdaptSettings()   # mlof's measured default (README "Adaptation")
     assert (s.steps, s.optimizer, s.resolved_lr(), s.resolved_weight_decay(), s.schedule, s.clip, s.recipe, s.iters,
-            s.adapt_iters, s.bn) == (10, "adam", 1e-4, 0.0, "constant", 1.0, "smurf", 12, 1, "eval")
+            s.adapt_iters, s.bn) == (8, "adam", 1e-4, 0.0, "constant", 1.0, "smurf", 12, 1, "eval")
     opt, sched = adapt_optimizer([torch.nn.Parameter(torch.zeros(1))], s)
     assert isinstance(opt, torch.optim.Adam) and sched is None
     old = adapt_settings(preset="release-optimizer")   # mlof 0.1's default: the release's optimizer, full frames

@@ -32,8 +32,9 @@ _FAST = {"optimizer": "adam", "schedule": "constant", "lr": 1e-4, "weight_decay"
 SETTINGS: dict[str, dict[str, Any]] = {
     "release": {"preset": "release"},
     "release-optimizer": {"preset": "release-optimizer"},     # mlof 0.1's default
-    "default": {},                                            # mlof.adapt's default (smurf, 10 steps, adapt_iters 1)
+    "default": {},                                            # mlof.adapt's default (smurf, 8 steps, adapt_iters 1)
     "default-20": {"steps": 20},
+    "default-8": {"steps": 8},
     "default-update": {"params": "update_block"},
     "uflow-default": {"recipe": "uflow"},
     "smurf-10-i12": {**_FAST, "recipe": "smurf", "steps": 10},        # 12 iterations in the steps as well

@@ -30,7 +30,7 @@ DEFAULT_WD = {"adamw": RELEASE.adapt_weight_decay, "adam": 0.0, "sgd": 0.0}
 # Named protocols (``preset=``); options given next to a preset override its values.
 PRESETS: dict[str, dict[str, Any]] = {
     # mlof's default (= the defaults of AdaptSettings), the best setting measured by tools/adaptation_study.py
-    # (README "Adaptation"): 10 constant-lr Adam steps of the SMURF loss on the full frames, 1 refinement
+    # (README "Adaptation"): 8 constant-lr Adam steps of the SMURF loss on the full frames, 1 refinement
     # iteration inside the steps, batch norm in eval mode, the guard keeping the best state.
     "mlof": {},
     # mlof 0.1's default: the release's optimizer and objective (3 AdamW steps, OneCycle, MLOF loss) on the full
@@ -63,7 +63,7 @@ class AdaptSettings:
     meta-inference is preset ``"release"`` (its constants: ``RELEASE``)."""
 
     mode: str = "joint"                   # "joint" | "pairwise" | "online" (see mlof.meta.engine.Adapter.run)
-    steps: int = 10
+    steps: int = 8
     optimizer: OptimizerSpec = "adam"     # a name of mlof.optim.OPTIMIZERS or params -> Optimizer
     lr: float | None = 1e-4               # None: DEFAULT_LR[optimizer] (the release's for adamw / sgd)
     weight_decay: float | None = 0.0      # None: DEFAULT_WD[optimizer]
