@@ -278,6 +278,18 @@ def batch_panel(batch: dict[str, Any], flow: torch.Tensor) -> np.ndarray:
 _SERIES_COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
 
 
+def _y_grid(img: np.ndarray, x0: int, x1: int, py: Any, y_max: float, step: float, scale: float) -> None:
+    """Horizontal grid lines every ``step`` up to ``y_max`` with their values left of ``x0`` (``py``: value ->
+    row), drawn into ``img`` in place."""
+    t = 0.0
+    while t <= y_max + 1e-9:
+        cv2.line(img, (x0, py(t)), (x1, py(t)), (215, 215, 215), 1)
+        text = f"{t:g}"
+        (tw, th), _ = cv2.getTextSize(text, _FONT, scale, 1)
+        cv2.putText(img, text, (x0 - 6 - tw, py(t) + th // 2), _FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)
+        t += step
+
+
 def _nice_step(span: float, target: int = 5) -> float:
     """A 1/2/5 x 10^k tick step that cuts ``span`` into about ``target`` parts."""
     raw = max(span, 1e-12) / target
@@ -306,7 +318,7 @@ def series_plot(series: dict[str, Sequence[float | None]], *, title: str = "", x
     img = np.full((h, w, 3), 255, np.uint8)
     left, right, up, down = 58, 16, 34 if title else 16, 44
     x0, x1, y0, y1 = left, w - right, h - down, up     # plot box: x0..x1, y1 (top)..y0 (bottom)
-    black, grey = (0, 0, 0), (215, 215, 215)
+    black = (0, 0, 0)
 
     def px(i: float) -> int:
         return int(round(x0 + (x1 - x0) * (i / max(1, n - 1) if n > 1 else 0.5)))
@@ -315,13 +327,7 @@ def series_plot(series: dict[str, Sequence[float | None]], *, title: str = "", x
         return int(round(y0 - (y0 - y1) * v / y_max))
 
     small = 0.4
-    t = 0.0
-    while t <= y_max + 1e-9:
-        cv2.line(img, (x0, py(t)), (x1, py(t)), grey, 1)
-        text = f"{t:g}"
-        (tw, th), _ = cv2.getTextSize(text, _FONT, small, 1)
-        cv2.putText(img, text, (x0 - 6 - tw, py(t) + th // 2), _FONT, small, black, 1, cv2.LINE_AA)
-        t += step
+    _y_grid(img, x0, x1, py, y_max, step, small)
     xstep = max(1, int(_nice_step(max(1, n - 1), 8))) if n > 1 else 1
     for i in range(0, n, xstep):
         cv2.line(img, (px(i), y0), (px(i), y0 + 4), black, 1)
@@ -393,19 +399,13 @@ def bar_plot(values: dict[str, float | None], spreads: dict[str, float | None] |
     img = np.full((h, w, 3), 255, np.uint8)
     left, right, up, down = 58, 16, 34 if title else 16, 44
     x0, x1, y0, y1 = left, w - right, h - down, up
-    black, grey = (0, 0, 0), (215, 215, 215)
+    black = (0, 0, 0)
 
     def py(val: float) -> int:
         return int(round(y0 - (y0 - y1) * max(0.0, val) / y_max))
 
     small = 0.4
-    t = 0.0
-    while t <= y_max + 1e-9:
-        cv2.line(img, (x0, py(t)), (x1, py(t)), grey, 1)
-        text = f"{t:g}"
-        (tw, th), _ = cv2.getTextSize(text, _FONT, small, 1)
-        cv2.putText(img, text, (x0 - 6 - tw, py(t) + th // 2), _FONT, small, black, 1, cv2.LINE_AA)
-        t += step
+    _y_grid(img, x0, x1, py, y_max, step, small)
     slot = (x1 - x0) / len(names)
     for i, name in enumerate(names):
         cx = x0 + slot * (i + 0.5)
