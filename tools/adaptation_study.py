@@ -37,6 +37,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "default-8": {"steps": 8},
     "default-update": {"params": "update_block"},
     "uflow-default": {"recipe": "uflow"},
+    "default-lr2e-4": {"lr": 2e-4},
+    "default-i2": {"adapt_iters": 2},
     "smurf-10-i12": {**_FAST, "recipe": "smurf", "steps": 10},        # 12 iterations in the steps as well
     "smurf-10-i4": {**_FAST, "recipe": "smurf", "steps": 10, "adapt_iters": 4},
     "smurf-10-i1": {**_FAST, "recipe": "smurf", "steps": 10, "adapt_iters": 1},
