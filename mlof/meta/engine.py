@@ -14,11 +14,10 @@ and ``mlof.commands.evaluate``'s adaptation are thin uses of it. Options and the
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import copy
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -95,6 +94,7 @@ class _Outcome:
     best_step: int                     # steps taken by the returned state
     rolled_back: bool
     history: list[dict]
+    start_state: dict[str, torch.Tensor] | None = None   # the snapshot the loop took before its first step
 
 
 # ------------------------------------------------------------------------------------------------ state helpers
@@ -161,7 +161,7 @@ class Adapter:
             raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
         s = adapt_settings(settings, **options)
         if s.adapt_iters is not None and not has_iterations(model):
-            s = dataclasses.replace(s, adapt_iters=None)   # iterations mean nothing to this network
+            s = replace(s, adapt_iters=None)   # iterations mean nothing to this network
         self.settings = s
         self.device = torch.device(s.device) if s.device is not None else model_device(model)
         # the caller's mode and flags, handed back with the adapted copy
@@ -280,7 +280,7 @@ class Adapter:
         with torch.no_grad():
             start = self.objective(self.start_model, *pair, **s.net_call_options(adapting=True))
             before = (call_net(self.start_model, self.start_model, *pair, **s.net_call_options()).flow.detach()
-                      if s.adapt_iters not in (None, s.iters) else start.out_fw.flow.detach())
+                      if s.fewer_adapt_iters else start.out_fw.flow.detach())
         start_total = float(start.total)
         carried = self.since_reset > 0
         out = self._adapt([pair], tag={"pair": index, "reset": "", "start_total": start_total})
@@ -315,8 +315,6 @@ class Adapter:
         predicted in a pass of their own (``bn_predict`` mode, ``iters`` iterations), so that they compare at
         one setting."""
         s = self.settings
-        checked = s.guard and s.adapt_iters not in (None, s.iters)
-        start = snapshot(self.model, self.names) if checked else None
         if s.on_crops:
             out = self._adapt_on_crops(pairs, tag)
         elif not s.separate_prediction:
@@ -325,12 +323,11 @@ class Adapter:
             before = self._predict(pairs)
             out = self._adapt_full_frames(pairs, tag)
             out.flows_before, out.flows = before, self._predict(pairs)
-        if checked:
-            self._check_at_prediction(pairs, out, start, tag)
+        if s.guard and s.fewer_adapt_iters:
+            self._check_at_prediction(pairs, out)
         return out
 
-    def _check_at_prediction(self, pairs: list[Pair], out: _Outcome, start: dict[str, torch.Tensor],
-                             tag: Mapping[str, Any] | None) -> None:
+    def _check_at_prediction(self, pairs: list[Pair], out: _Outcome) -> None:
         """The guard's last word when the steps ran fewer iterations than the returned flows (``adapt_iters``):
         the state was chosen by the objective at ``adapt_iters``, but what is returned is the flow at ``iters``,
         and a network adapted at 2 iterations can go astray at 12. So the recipe's loss of the returned forward
@@ -348,7 +345,7 @@ class Adapter:
         before, after = value(out.flows_before), value(out.flows)
         keep = math.isfinite(after) and after <= before
         if not keep:
-            restore(self.model, start)
+            restore(self.model, out.start_state)
             out.flows, out.best_step = [f.clone() for f in out.flows_before], 0
         # recorded on the last history entry (the last evaluated state), as "check": the kept state
         out.history[-1].update(check="adapted" if keep else "start", check_before=before, check_after=after,
@@ -434,7 +431,7 @@ class Adapter:
             best_step = 0
             flows = _zeroed(flows_before)
             history.append({**(tag or {}), "step": state_step, "guard": "fallback:start-state"})
-        return _Outcome(flows, flows_before, best_step, rolled_back, history)
+        return _Outcome(flows, flows_before, best_step, rolled_back, history, start_state)
 
     def _adapt_on_crops(self, pairs: list[Pair], tag: Mapping[str, Any] | None) -> _Outcome:
         """The release's protocol: each step on a new seeded random crop (augmented by ``augment``) of every pair,
@@ -495,7 +492,7 @@ class Adapter:
             flows = _zeroed(flows_before)
             final["guard"] = "fallback:start-state"
         history.append(final)
-        return _Outcome(flows, flows_before, best_step, rolled_back, history)
+        return _Outcome(flows, flows_before, best_step, rolled_back, history, start_state)
 
     # ------------------------------------------------------------------------------------------------ predict
     @contextlib.contextmanager

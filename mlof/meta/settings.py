@@ -173,11 +173,15 @@ class AdaptSettings:
         return {"iters": iters, "corr": self.corr, **self.net_options}
 
     @property
+    def fewer_adapt_iters(self) -> bool:
+        """Whether the adaptation steps run another iteration count (``adapt_iters``) than the returned flows."""
+        return self.adapt_iters is not None and self.adapt_iters != self.iters
+
+    @property
     def separate_prediction(self) -> bool:
         """Whether the returned flows need their own forward pass (another BN mode or iteration count than the
         adaptation steps)."""
-        return ((self.bn_predict is not None and self.bn_predict != self.bn)
-                or (self.adapt_iters is not None and self.adapt_iters != self.iters))
+        return (self.bn_predict is not None and self.bn_predict != self.bn) or self.fewer_adapt_iters
 
 
 def adapt_settings(options: Mapping[str, Any] | AdaptSettings | None = None, **overrides: Any) -> AdaptSettings:
