@@ -175,7 +175,7 @@ class _Runner:
                 return json.load(f)
         model = {**to_dict(cfg.model), "checkpoint": str(checkpoint)}
         # {} would mean "no adaptation" to evaluate: the default setting is asked for by its preset name
-        adapt = dict(to_dict(cfg)["adapt"]) or {"preset": "mlof"}
+        adapt = to_dict(cfg.adapt) or {"preset": "mlof"}
         values = {**self.base, **self._where(name), "model": model, "data": self._data(f"{split}:eval"),
                   "iters": cfg.iters, "max_samples": int(cfg.eval_pairs), "adapt": adapt,
                   "images": False, "save_flows": False, "tensorboard_images": 0}
@@ -190,6 +190,11 @@ def _metric(summary: dict[str, Any], metric: str) -> Optional[float]:
     return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
 
 
+def _mean_std(a: np.ndarray) -> dict[str, float]:
+    """Mean and sample standard deviation (0 for a single value) of a 1-D array."""
+    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else 0.0}
+
+
 def summarize(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per column: mean, sample standard deviation (0 for one value), min, max and count of its values."""
     out: dict[str, dict[str, Any]] = {}
@@ -197,8 +202,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         vals = [r["value"] for r in records if r["column"] == col and r["value"] is not None]
         if vals:
             a = np.asarray(vals, np.float64)
-            out[col] = {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else 0.0,
-                        "min": float(a.min()), "max": float(a.max()), "n": int(a.size)}
+            out[col] = {**_mean_std(a), "min": float(a.min()), "max": float(a.max()), "n": int(a.size)}
         else:
             out[col] = {"mean": None, "std": None, "min": None, "max": None, "n": 0}
     return out
@@ -219,8 +223,7 @@ def paired(records: list[dict[str, Any]], column: str = "ml*") -> dict[str, dict
              if (sp, se, other) in value]
         if d:
             a = np.asarray(d, np.float64)
-            out[other] = {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else 0.0,
-                          "n": int(a.size), "wins": int((a < 0).sum())}
+            out[other] = {**_mean_std(a), "n": int(a.size), "wins": int((a < 0).sum())}
     return out
 
 
@@ -242,7 +245,8 @@ def verdict(stats: dict[str, dict[str, Any]]) -> str:
     return f"{best} is best; ml* does not beat it: meta-training did not help in this setting"
 
 
-def _tables(stats: dict[str, dict[str, Any]], metric: str, records: list[dict[str, Any]]) -> tuple[str, str]:
+def _tables(stats: dict[str, dict[str, Any]], diffs: dict[str, dict[str, Any]], conclusion: str, metric: str,
+            records: list[dict[str, Any]]) -> tuple[str, str]:
     def cell(s: dict[str, Any]) -> str:
         return "n/a" if s["mean"] is None else f"{s['mean']:.3f} ± {s['std']:.3f}"
 
@@ -252,7 +256,6 @@ def _tables(stats: dict[str, dict[str, Any]], metric: str, records: list[dict[st
     for split in dict.fromkeys(r["split"] for r in records):
         per = summarize([r for r in records if r["split"] == split])
         md.append(f"| {split} | " + " | ".join(cell(per[c]) for c in COLUMNS) + " |")
-    diffs = paired(records)
     if diffs:
         md += ["", "| ml* minus (paired by split and seed) | " + " | ".join(diffs) + " |",
                "|---|" + "---|" * len(diffs),
@@ -264,7 +267,7 @@ def _tables(stats: dict[str, dict[str, Any]], metric: str, records: list[dict[st
     for r in records:
         w.writerow([r["split"], "" if r["seed"] is None else r["seed"], r["column"],
                     "" if r["value"] is None else f"{r['value']:.6f}"])
-    return "\n".join(md) + "\n\n" + verdict(stats) + ".\n", buf.getvalue()
+    return "\n".join(md) + "\n\n" + conclusion + ".\n", buf.getvalue()
 
 
 def run_experiment(cfg: Any, progress: bool = True, resume: bool = False, overwrite: bool = False,
@@ -310,10 +313,11 @@ def run_experiment(cfg: Any, progress: bool = True, resume: bool = False, overwr
                 seconds[f"{split}/seed{seed}/{kind}"] = time.perf_counter() - t
                 add(split, int(seed), summary, kind, kind + "*")
     stats = summarize(records)
-    md, table_csv = _tables(stats, cfg.metric, records)
-    results = {"metric": cfg.metric, "columns": list(COLUMNS), "stats": stats, "paired_ml_star": paired(records),
+    diffs, conclusion = paired(records), verdict(stats)
+    md, table_csv = _tables(stats, diffs, conclusion, cfg.metric, records)
+    results = {"metric": cfg.metric, "columns": list(COLUMNS), "stats": stats, "paired_ml_star": diffs,
                "records": records,
-               "verdict": verdict(stats), "seconds": seconds, "wall_time_s": time.perf_counter() - t_all,
+               "verdict": conclusion, "seconds": seconds, "wall_time_s": time.perf_counter() - t_all,
                "config": to_dict(cfg)}
     with atomic_open(root / "results.json", "w") as f:
         json.dump(results, f, indent=2)
