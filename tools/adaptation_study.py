@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 import mlof
+from mlof import metrics
 from mlof.data import build_dataset
 from mlof.data.synthetic import render_sample
 from mlof.utils import atomic_open
@@ -82,8 +83,8 @@ def synthetic_samples(n: int, size: tuple[int, int], seed: int = 4242) -> list[t
 
 
 def epe(flow: torch.Tensor, sample: dict[str, Any]) -> float:
-    valid = sample["valid"] > 0.5
-    return float((flow.reshape(2, *valid.shape) - sample["flow"]).norm(dim=0)[valid].mean())
+    """EPE of ``flow`` (2 x H x W or 1 x 2 x H x W) against the sample's ground truth on its valid pixels."""
+    return float(metrics.epe(flow.reshape(sample["flow"].shape), sample["flow"], sample["valid"] > 0.5))
 
 
 def main(argv: list[str] | None = None) -> int:
