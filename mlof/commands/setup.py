@@ -24,7 +24,7 @@ PYRAMID_NETWORKS = frozenset({"liteflownet2", "upflow"})
 
 
 DEMO_MODEL_WARNING = (
-    "the default checkpoint (mlof/checkpoints/mlof_default.pt) is a CPU demonstration model (RAFT-small, about 2 h "
+    "the default checkpoint (mlof/checkpoints/mlof_default.pt) is a CPU demonstration model (RAFT-small, about 2.5 h "
     "of CPU training on synthetic frames): adapted it beats zero flow on the shared real samples, unadapted it does "
     "not everywhere (Middlebury). For real use take official weights: `mlof fetch raft-things` and "
     "model.checkpoint=raft-things (`mlof weights` lists them)")
