@@ -68,4 +68,5 @@ class GMA(RAFTBase):
     def update_step(self, ctx: Context, net: torch.Tensor, corr: torch.Tensor, flow: torch.Tensor, itr: int,
                     compute_mask: bool):
         with self._autocast(net.device):
-            return self.update_block(net, ctx.inp, corr, flow, ctx.extras["attention"], compute_mask=compute_mask)
+            return self.update_block(net, ctx.inp, corr, flow, ctx.extras["attention"], compute_mask=compute_mask,
+                                     gates=ctx.extras.get("gates"))

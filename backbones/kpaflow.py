@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from backbones.layers.encoders import BasicEncoder
-from backbones.layers.update import SepConvGRU, corr_planes
+from backbones.layers.update import GateContext, SepConvGRU, corr_planes, gru_input
 from backbones.raft import Context, RAFTBase
 from backbones.registry import register
 
@@ -191,9 +191,9 @@ class KPAFlowUpdateBlock(nn.Module):
         return torch.cat([feat, flow], dim=1)
 
     def forward(self, net: torch.Tensor, inp: torch.Tensor, corr: torch.Tensor, flow: torch.Tensor,
-                kpa_weights: torch.Tensor, compute_mask: bool = True):
+                kpa_weights: torch.Tensor, compute_mask: bool = True, gates: GateContext | None = None):
         motion = self.motion(flow, corr)
-        net = self.gru(net, torch.cat([inp, motion, self.kpa(kpa_weights, motion)], dim=1))
+        net = self.gru(net, gru_input(inp, gates, motion, self.kpa(kpa_weights, motion)), gates)
         # 0.25 balances the mask's gradients (official constant)
         mask = 0.25 * self.C_mask(net) if compute_mask else None
         return net, mask, self.C_flow(net)
@@ -246,4 +246,4 @@ class KPAFlow(RAFTBase):
                     compute_mask: bool):
         with self._autocast(net.device):
             return self.update_block(net, ctx.inp, corr, flow, ctx.extras["kpa_weights"],
-                                     compute_mask=compute_mask)
+                                     compute_mask=compute_mask, gates=ctx.extras.get("gates"))

@@ -31,7 +31,7 @@ from backbones.base import (PRECISIONS, Capabilities, FlowOutput, InputPadder, c
 from backbones.layers.corr import CORR_KINDS, DEFAULT_MEMORY_BUDGET, build_corr, dense_corr_bytes
 from backbones.layers.encoders import BasicEncoder, SmallEncoder
 from backbones.layers.grid import coords_grid
-from backbones.layers.update import BasicUpdateBlock, SmallUpdateBlock
+from backbones.layers.update import BasicUpdateBlock, GateContext, SmallUpdateBlock
 from backbones.layers.upsample import convex_upsample, upsample_flow
 from backbones.memory_plan import CallShape, MemoryPlan, default_memory_budget, parse_bytes, plan_memory
 from backbones.registry import register
@@ -270,7 +270,16 @@ class RAFTBase(nn.Module):
                     compute_mask: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """One GRU iteration: -> (new GRU state, upsampling mask or None, flow update N x 2 x H/8 x W/8)."""
         with self._autocast(net.device):
-            return self.update_block(net, ctx.inp, corr, flow, compute_mask=compute_mask)
+            return self.update_block(net, ctx.inp, corr, flow, compute_mask=compute_mask, gates=ctx.extras.get("gates"))
+
+    def gate_context(self, inp: torch.Tensor) -> GateContext | None:
+        """The GRU gates' context part for context features ``inp`` (``GateContext``), computed once per call
+        instead of at every iteration; None where the update block's GRU has no such split."""
+        precompute = getattr(getattr(self.update_block, "gru", None), "precompute", None)
+        if precompute is None:
+            return None
+        with self._autocast(inp.device):
+            return precompute(inp)
 
     def upsample(self, flow_low: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Coarse flow N x 2 x H/8 x W/8 -> N x 2 x H x W (convex with a mask, bilinear without)."""
@@ -284,6 +293,7 @@ class RAFTBase(nn.Module):
         """Run ``iters`` GRU iterations from ``coords1``. Returns (coarse flow, final full-res flow, every
         iteration's full-res flow if ``keep_all`` else [])."""
         net = ctx.net
+        ctx.extras["gates"] = self.gate_context(ctx.inp)
         flows: list[torch.Tensor] = []
         flow_up = None
         checkpointed = self._plan.checkpoint_iterations and torch.is_grad_enabled()

@@ -71,7 +71,8 @@ class CorrBlock:
             n, c, h, w = fmap1.shape
             f1 = fmap1.float().reshape(n, c, h * w)
             f2 = fmap2.float().reshape(n, c, h * w)
-            corr = torch.matmul(f1.transpose(1, 2), f2) / math.sqrt(c)   # N x HW x HW
+            # in place: a second (HW)^2 buffer costs more in page faults than the division itself
+            corr = torch.matmul(f1.transpose(1, 2), f2).div_(math.sqrt(c))   # N x HW x HW
             corr = corr.reshape(n * h * w, 1, h, w)
             self.corr_pyramid = [corr]
             for _ in range(num_levels - 1):
