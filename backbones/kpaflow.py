@@ -15,12 +15,14 @@ outside the image take part with a -99 logit offset, as official. Attention weig
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from backbones.layers.checkpointing import checkpoint_call
 from backbones.layers.encoders import BasicEncoder
 from backbones.layers.update import GateContext, SepConvGRU, corr_planes, gru_input
 from backbones.raft import Context, RAFTBase
@@ -203,15 +205,21 @@ class KPAFlowUpdateBlock(nn.Module):
 class KPAFlow(RAFTBase):
     """KPA-Flow: RAFT encoders and correlation with kernel patch attention. 5,994,831 parameters.
 
-    Options: ``dataset`` "sintel" (KPA patch 19, default) | "kitti" (patch 15), the official switch; and the
+    Options: ``dataset`` "sintel" (KPA patch 19, default) | "kitti" (patch 15), the official switch;
+    ``checkpoint_attention``: with gradients, recompute both patch attentions during backward instead of
+    storing their windows, logits and kernels (a memory plan switches it on where needed); and the
     RAFT-family options of :class:`backbones.raft.RAFTBase` (``corr``, ``padding``, ``freeze_bn``, ``dropout``,
     ``mixed_precision``, ``corr_memory_budget``).
     """
 
     memory_family = "kpaflow"
+    capabilities = replace(RAFTBase.capabilities, memory=RAFTBase.capabilities.memory + ("checkpoint_attention",))
 
-    def __init__(self, *, dataset: str = "sintel", **options: Any):
+    def __init__(self, *, dataset: str = "sintel", checkpoint_attention: bool = False, **options: Any):
         super().__init__(**options)
+        if not isinstance(checkpoint_attention, bool):
+            raise ValueError(f"checkpoint_attention must be True or False, got {checkpoint_attention!r}")
+        self.checkpoint_attention = checkpoint_attention
         if dataset not in KPA_WINDOW:
             raise ValueError(f"dataset must be one of {', '.join(KPA_WINDOW)} (selects the KPA patch size), "
                              f"got {dataset!r}")
@@ -234,12 +242,21 @@ class KPAFlow(RAFTBase):
     def encode_features(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         fmap1, fmap2 = super().encode_features(x1, x2)
         # float32 and one image at a time, as official (halves the peak memory of the unfolded windows)
-        return self.trans(fmap1), self.trans(fmap2)
+        return self._attention(self.trans, fmap1), self._attention(self.trans, fmap2)
+
+    def _attention(self, fn, x: torch.Tensor) -> torch.Tensor:
+        """``fn(x)``, recomputed during backward when the memory plan says so (no BatchNorm inside)."""
+        if self._plan.checkpoint_attention and torch.is_grad_enabled():
+            return checkpoint_call(fn, x)
+        return fn(x)
+
+    def _has_patch_attention(self) -> bool:
+        return True
 
     def encode_context(self, x1: torch.Tensor) -> Context:
         ctx = super().encode_context(x1)
         with self._autocast(x1.device):
-            ctx.extras["kpa_weights"] = self.update_block.kpa.weights(ctx.inp)
+            ctx.extras["kpa_weights"] = self._attention(self.update_block.kpa.weights, ctx.inp)
         return ctx
 
     def update_step(self, ctx: Context, net: torch.Tensor, corr: torch.Tensor, flow: torch.Tensor, itr: int,

@@ -7,7 +7,10 @@ A plan picks, for one call (input size, batch, whether a backward pass follows):
 - ``checkpoint_encoder``: recompute each encoder block during backward (BatchNorm statistics are updated once,
   whatever the batch-norm mode);
 - ``attention_chunk``: GMA's global attention computed in chunks of query rows, recomputed instead of stored
-  (the full matrix is N x heads x (HW/64)^2 floats: 4.2 GB for one 1080x1920 frame).
+  (the full matrix is N x heads x (HW/64)^2 floats: 4.2 GB for one 1080x1920 frame);
+- ``checkpoint_attention``: KPA-Flow's patch attentions (the feature windows of ``trans`` per image, the
+  update block's attention weights per direction) recomputed during backward instead of storing their logits,
+  kernels and windows (about 1.1 GB per image and per direction at 1080x1920).
 
 Every saver changes only where intermediate values live, never the arithmetic of a value: flows and gradients
 equal the plain path's up to float rounding (tests/test_memory_plan.py). Savers are enabled in the order of
@@ -39,6 +42,8 @@ _ENCODER_NOGRAD = {"basic": 200.0, "small": 80.0}  # transient peak of a pass wi
 # Bytes per 1/8-resolution pixel of one refinement iteration kept for backward (lookup, motion encoder, GRU,
 # heads); GMA and KPA add their aggregation.
 _ITERATION = {"raft": 18000.0, "raft_small": 6000.0, "gma": 24000.0, "kpaflow": 26000.0, "memflow": 24000.0}
+_PATCH_STORED = 36000.0    # KPA-Flow, bytes per 1/8 pixel of one patch-attention pass kept for backward
+_PATCH_WEIGHTS = 13000.0   # KPA-Flow, bytes per 1/8 pixel of the update block's attention weights (sc 19)
 _FULL_RES_OUTPUT = 300.0   # bytes per input pixel per direction: upsampled flows, the loss's full-res terms
 
 
@@ -93,6 +98,7 @@ class MemoryPlan:
     checkpoint_iterations: bool = False
     checkpoint_encoder: bool = False
     attention_chunk: int = 0          # GMA: query rows per chunk of the attention (0: the whole matrix)
+    checkpoint_attention: bool = False  # KPA-Flow: patch attentions recomputed in backward
     estimated_bytes: int = 0
     budget: int = 0
 
@@ -102,6 +108,8 @@ class MemoryPlan:
         parts.append("checkpoint encoder" if self.checkpoint_encoder else "store encoder")
         if self.attention_chunk:
             parts.append(f"attention in chunks of {self.attention_chunk} rows")
+        if self.checkpoint_attention:
+            parts.append("checkpoint patch attention")
         return (f"{', '.join(parts)} (estimated peak {self.estimated_bytes / 2 ** 30:.2f} GiB, "
                 f"budget {self.budget / 2 ** 30:.2f} GiB)")
 
@@ -120,6 +128,7 @@ class CallShape:
     grad: bool
     attention: bool      # GMA global attention
     heads: int = 1
+    patch_attention: bool = False   # KPA-Flow patch attentions
 
 
 def estimate_bytes(shape: CallShape, plan: MemoryPlan, dense_corr_bytes: int) -> int:
@@ -148,6 +157,14 @@ def estimate_bytes(shape: CallShape, plan: MemoryPlan, dense_corr_bytes: int) ->
             total += 3 * 4 * shape.heads * plan.attention_chunk * (shape.width // 8) * low
         else:
             total += full * (3 if shape.grad else 1)              # matrix, softmax input, its gradient
+    if shape.patch_attention:
+        # per 1/8 pixel: windows, logits, kernel product and softmax kept for backward (~35 KB per image and
+        # per direction); the update block's weights (13 KB per direction) live through the iterations
+        weights = _PATCH_WEIGHTS * low * shape.batch
+        if shape.grad and not plan.checkpoint_attention:
+            total += _PATCH_STORED * low * (shape.images + shape.batch) + weights
+        else:
+            total += _PATCH_STORED * low * (2 if shape.grad else 1) + weights   # one recomputation at a time
     total += _FULL_RES_OUTPUT * px * shape.batch * (3 if shape.grad else 1)
     return int(total)
 
@@ -169,6 +186,8 @@ def plan_memory(shape: CallShape, budget: int, dense_corr_bytes: int, corr: str 
         steps.append(lambda p: replace(p, checkpoint_iterations=True))
     if shape.attention:
         steps.append(lambda p: replace(p, attention_chunk=_attention_rows(shape)))
+    if shape.patch_attention and shape.grad:
+        steps.append(lambda p: replace(p, checkpoint_attention=True))
     if shape.grad:
         steps.append(lambda p: replace(p, checkpoint_encoder=True))
     est = estimate_bytes(shape, plan, dense_corr_bytes)

@@ -208,9 +208,13 @@ class RAFTBase(nn.Module):
     def _call_shape(self, h: int, w: int, n: int, iters: int, bidirectional: bool, grad: bool) -> CallShape:
         return CallShape(family=self.memory_family, encoder=self.encoder_kind, height=h, width=w,
                          batch=2 * n if bidirectional else n, images=2 * n, iters=iters, grad=grad,
-                         attention=self._has_global_attention(), heads=getattr(self, "num_heads", 1))
+                         attention=self._has_global_attention(), heads=getattr(self, "num_heads", 1),
+                         patch_attention=self._has_patch_attention())
 
     def _has_global_attention(self) -> bool:
+        return False
+
+    def _has_patch_attention(self) -> bool:
         return False
 
     def memory_plan(self, h: int, w: int, n: int = 1, iters: int = 12, bidirectional: bool = False,
@@ -219,7 +223,8 @@ class RAFTBase(nn.Module):
         if self.memory_budget is None:
             return MemoryPlan(corr=self.corr, checkpoint_iterations=self.grad_checkpointing,
                               checkpoint_encoder=self.checkpoint_encoder,
-                              attention_chunk=int(getattr(self, "attention_chunk", 0)))
+                              attention_chunk=int(getattr(self, "attention_chunk", 0)),
+                              checkpoint_attention=bool(getattr(self, "checkpoint_attention", False)))
         budget = default_memory_budget(device) if self.memory_budget == "auto" else int(self.memory_budget)
         shape = self._call_shape(h, w, n, iters, bidirectional, grad)
         fmap_shape = (shape.batch, 1, h // self.factor, w // self.factor)
@@ -228,6 +233,8 @@ class RAFTBase(nn.Module):
             plan = replace(plan, checkpoint_iterations=True)
         if self.checkpoint_encoder:
             plan = replace(plan, checkpoint_encoder=True)
+        if getattr(self, "checkpoint_attention", False):
+            plan = replace(plan, checkpoint_attention=True)
         return plan
 
     def _apply_plan(self, plan: MemoryPlan, shape_key: tuple) -> None:
@@ -237,7 +244,8 @@ class RAFTBase(nn.Module):
                 encoder.checkpoint_blocks = plan.checkpoint_encoder
         if self.memory_budget is not None:
             self.last_memory_plan = plan
-            key = (shape_key, plan.corr, plan.checkpoint_iterations, plan.checkpoint_encoder, plan.attention_chunk)
+            key = (shape_key, plan.corr, plan.checkpoint_iterations, plan.checkpoint_encoder, plan.attention_chunk,
+                   plan.checkpoint_attention)
             if key not in self._logged_plans:
                 self._logged_plans.add(key)
                 log.info("%s memory plan for %s: %s", type(self).__name__, "x".join(map(str, shape_key)),

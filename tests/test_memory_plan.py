@@ -68,11 +68,32 @@ def test_gma_chunked_attention_and_full_plan_equal_the_plain_path():
     _assert_same(plain, chunked)
 
 
+def test_kpaflow_checkpointed_patch_attention_equals_the_plain_path():
+    plain = _run("kpaflow", False, corr="dense")
+    saved = _run("kpaflow", False, corr="dense", checkpoint_attention=True, grad_checkpointing=True)
+    _assert_same(plain, saved)
+
+
+def test_kpaflow_plans_checkpoint_the_patch_attention_when_tight():
+    shape = CallShape(family="kpaflow", encoder="basic", height=1080, width=1920, batch=2, images=2, iters=1,
+                      grad=True, attention=False, patch_attention=True)
+    roomy = plan_memory(shape, 10 ** 15, dense_corr_bytes=10 ** 10)
+    tight = plan_memory(shape, 1, dense_corr_bytes=10 ** 10)
+    assert not roomy.checkpoint_attention and tight.checkpoint_attention
+    assert tight.estimated_bytes < plan_memory(shape, 10 ** 15, 0).estimated_bytes
+    assert "checkpoint patch attention" in tight.describe()
+    model = backbones.build("kpaflow", memory_budget="1MB")
+    model(*_pair(), iters=1, bidirectional=True).flow.sum().backward()
+    assert model.last_memory_plan.checkpoint_attention
+    with pytest.raises(ValueError, match="checkpoint_attention"):
+        backbones.build("kpaflow", checkpoint_attention="yes")
+
+
 def test_budget_picks_savers_in_order_and_logs_the_plan(caplog):
     shape = CallShape(family="gma", encoder="basic", height=1080, width=1920, batch=2, images=2, iters=12,
                       grad=True, attention=True)
     roomy = plan_memory(shape, 10 ** 15, dense_corr_bytes=10 ** 10)
-    assert roomy == MemoryPlan("dense", False, False, 0, roomy.estimated_bytes, 10 ** 15)
+    assert roomy == MemoryPlan("dense", estimated_bytes=roomy.estimated_bytes, budget=10 ** 15)
     tight = plan_memory(shape, 1, dense_corr_bytes=10 ** 10)
     assert tight.corr == "ondemand" and tight.checkpoint_iterations and tight.checkpoint_encoder
     assert tight.attention_chunk > 0 and tight.estimated_bytes < roomy.estimated_bytes

@@ -63,6 +63,8 @@ class BenchConfig(RunConfig):
     modes: List[str] = field(default_factory=lambda: ["inference", "adaptation"])
     iters: int = 12
     adapt_steps: int = 1
+    adapt_params: Optional[str] = None   # adaptation: which parameters adapt (None: mlof.adapt's default, all;
+    #                                      "update_block", a group name or a list as mlof.adapt's ``params``)
     memory_budget: Optional[str] = None  # adaptation/training: None = the default ("auto" in adaptation, no plan
     #                                      in training), "8GB", or "plain" (no plan: the savers as built)
     repeats: int = 3
@@ -138,6 +140,8 @@ def _case(model: torch.nn.Module, img1: torch.Tensor, img2: torch.Tensor, mode: 
     if mode == "adaptation":
         budget = case.get("memory_budget")
         extra = {} if budget is None else {"memory_budget": None if budget == "plain" else budget}
+        if case.get("adapt_params"):
+            extra["params"] = case["adapt_params"]
 
         def fn() -> Any:
             result = mlof.adapt(model, (img1, img2), steps=case["adapt_steps"], iters=iters, **extra)
@@ -164,7 +168,7 @@ def _case(model: torch.nn.Module, img1: torch.Tensor, img2: torch.Tensor, mode: 
 
 def run_case(case: dict[str, Any]) -> dict[str, Any]:
     """Measure one case in this process (what the subprocess runs). ``case``: backbone, height, width, corr,
-    precision, mode, iters, adapt_steps, memory_budget, repeats, warmup, batch, checkpoint, device, seed,
+    precision, mode, iters, adapt_steps, adapt_params, memory_budget, repeats, warmup, batch, checkpoint, device, seed,
     threads."""
     if case.get("threads"):
         torch.set_num_threads(int(case["threads"]))
@@ -233,6 +237,8 @@ def bench(cfg: BenchConfig, device: torch.device, progress: Callable[[str], None
                                                "batch": cfg.batch}
                         if mode == "adaptation":
                             row["steps"] = cfg.adapt_steps
+                            if cfg.adapt_params:
+                                row["params"] = cfg.adapt_params
                         if corr not in ("-", "", "default") and corr not in caps.corr:
                             rows.append({**row, "error": f"{name} has no corr={corr} option"})
                             continue
@@ -246,6 +252,7 @@ def bench(cfg: BenchConfig, device: torch.device, progress: Callable[[str], None
                             progress(f"{name} {h}x{w} corr={corr} {precision} {mode}")
                         case = {"backbone": name, "height": h, "width": w, "corr": corr, "precision": precision,
                                 "mode": mode, "iters": cfg.iters, "adapt_steps": cfg.adapt_steps,
+                                "adapt_params": cfg.adapt_params,
                                 "memory_budget": cfg.memory_budget, "repeats": cfg.repeats, "warmup": cfg.warmup,
                                 "batch": cfg.batch, "checkpoint": cfg.checkpoint, "device": str(device),
                                 "seed": cfg.seed, "threads": cfg.threads}
@@ -268,6 +275,8 @@ def _cells(r: dict[str, Any]) -> list[str]:
         note = r["error"]
     else:
         note = f"{r['steps']} step(s)" if r["mode"] == "adaptation" else f"{r['iters']} iters"
+        if r.get("params"):
+            note += f", params={r['params']}"
         if r.get("memory_plan"):
             note += f"; {r['memory_plan'].split(' (')[0]}"
     return [r["backbone"], r["size"], r["corr"], r.get("precision", "fp32"), r["mode"], sec, mem, cuda, note]
