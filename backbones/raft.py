@@ -270,9 +270,11 @@ class RAFTBase(nn.Module):
             # the GRU state is kept in float32 (a no-op in fp32): it accumulates over the iterations
             return Context(torch.tanh(net).float(), torch.relu(inp))
 
-    def make_corr(self, fmap1: torch.Tensor, fmap2: torch.Tensor):
+    def make_corr(self, fmap1: torch.Tensor, fmap2: torch.Tensor, bidirectional: bool = False):
+        """Correlation block of fmap1 -> fmap2 (N x C x H x W each); ``bidirectional``: of both directions, a
+        block of batch 2N (fmap1 -> fmap2, then fmap2 -> fmap1)."""
         return build_corr(self._plan.corr, fmap1, fmap2, num_levels=self.corr_levels, radius=self.corr_radius,
-                          memory_budget=self.corr_memory_budget)
+                          memory_budget=self.corr_memory_budget, bidirectional=bidirectional)
 
     def update_step(self, ctx: Context, net: torch.Tensor, corr: torch.Tensor, flow: torch.Tensor, itr: int,
                     compute_mask: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
@@ -384,12 +386,13 @@ class RAFTBase(nn.Module):
         if bidirectional:
             # Both directions in one batch of 2N: features computed once, context per image (separate calls
             # so BatchNorm in training mode sees the same batches as two single-direction calls).
-            fmap1, fmap2 = torch.cat([fmap1, fmap2]), torch.cat([fmap2, fmap1])
             ctx = Context.cat([ctx, self.encode_context(x2)])
             inits.append(flow_init_bw)
-        corr_fn = self.make_corr(fmap1, fmap2)
+            corr_fn = self.make_corr(fmap1, fmap2, bidirectional=True)   # batch 2N: fmap1->fmap2, fmap2->fmap1
+        else:
+            corr_fn = self.make_corr(fmap1, fmap2)
 
-        batch = fmap1.shape[0]
+        batch = len(inits) * n
         coords0 = coords_grid(batch, h // self.factor, w // self.factor, device=fmap1.device)
         coords1 = coords0.clone()
         if any(f is not None for f in inits):

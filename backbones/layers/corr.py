@@ -62,9 +62,14 @@ def dense_corr_bytes(fmap_shape: tuple[int, ...] | torch.Size, num_levels: int =
 
 
 class CorrBlock:
-    """Official RAFT all-pairs correlation pyramid (dense). fmap1, fmap2: N x C x H x W."""
+    """Official RAFT all-pairs correlation pyramid (dense). fmap1, fmap2: N x C x H x W.
 
-    def __init__(self, fmap1: torch.Tensor, fmap2: torch.Tensor, num_levels: int = 4, radius: int = 4):
+    ``bidirectional=True`` builds the block of both directions (batch 2N: fmap1 -> fmap2, then fmap2 -> fmap1)
+    from one matrix product: the reverse volume is the transpose of the forward one.
+    """
+
+    def __init__(self, fmap1: torch.Tensor, fmap2: torch.Tensor, num_levels: int = 4, radius: int = 4,
+                 bidirectional: bool = False):
         _check_fmaps(fmap1, fmap2, num_levels, radius)
         self.num_levels, self.radius = num_levels, radius
         with torch.autocast(device_type=fmap1.device.type, enabled=False):
@@ -73,6 +78,9 @@ class CorrBlock:
             f2 = fmap2.float().reshape(n, c, h * w)
             # in place: a second (HW)^2 buffer costs more in page faults than the division itself
             corr = torch.matmul(f1.transpose(1, 2), f2).div_(math.sqrt(c))   # N x HW x HW
+            if bidirectional:
+                corr = torch.cat([corr, corr.transpose(1, 2)])
+                n = 2 * n
             corr = corr.reshape(n * h * w, 1, h, w)
             self.corr_pyramid = [corr]
             for _ in range(num_levels - 1):
@@ -89,8 +97,9 @@ class CorrBlock:
             for i, corr in enumerate(self.corr_pyramid):
                 centroid = coords.reshape(n * h * w, 1, 1, 2) / 2 ** i
                 sampled = bilinear_sampler(corr, centroid + delta)       # NHW x 1 x (2r+1) x (2r+1)
-                out.append(sampled.view(n, h, w, -1))
-            return torch.cat(out, dim=-1).permute(0, 3, 1, 2).contiguous()
+                out.append(sampled.view(n, h * w, -1).transpose(1, 2))
+            # one copy: the concatenation writes channel-first directly
+            return torch.cat(out, dim=1).view(n, -1, h, w)
 
 
 class OnDemandCorrBlock:
@@ -107,8 +116,11 @@ class OnDemandCorrBlock:
     """
 
     def __init__(self, fmap1: torch.Tensor, fmap2: torch.Tensor, num_levels: int = 4, radius: int = 4,
-                 chunk_bytes: int = DEFAULT_CHUNK_BYTES, tile: int = TILE, max_spread: int | None = None):
+                 chunk_bytes: int = DEFAULT_CHUNK_BYTES, tile: int = TILE, max_spread: int | None = None,
+                 bidirectional: bool = False):
         _check_fmaps(fmap1, fmap2, num_levels, radius)
+        if bidirectional:   # batch 2N: fmap1 -> fmap2, then fmap2 -> fmap1
+            fmap1, fmap2 = torch.cat([fmap1, fmap2]), torch.cat([fmap2, fmap1])
         if int(chunk_bytes) <= 0 or int(tile) < 1:
             raise ValueError(f"chunk_bytes and tile must be positive, got {chunk_bytes} and {tile}")
         self.num_levels, self.radius = num_levels, radius
@@ -152,17 +164,20 @@ class OnDemandCorrBlock:
                                       self.chunk_bytes, self.tile, self.max_spread)
                 corr = ((1 - fx) * (1 - fy) * g[..., :-1, :-1] + fx * (1 - fy) * g[..., 1:, :-1]
                         + (1 - fx) * fy * g[..., :-1, 1:] + fx * fy * g[..., 1:, 1:])
-                out.append(corr.reshape(n, h, w, -1))
-            return torch.cat(out, dim=-1).permute(0, 3, 1, 2).contiguous()
+                out.append(corr.reshape(n, h * w, -1).transpose(1, 2))
+            return torch.cat(out, dim=1).view(n, -1, h, w)
 
 
 def build_corr(kind: str, fmap1: torch.Tensor, fmap2: torch.Tensor, num_levels: int = 4, radius: int = 4,
-               memory_budget: int = DEFAULT_MEMORY_BUDGET) -> CorrBlock | OnDemandCorrBlock:
+               memory_budget: int = DEFAULT_MEMORY_BUDGET, bidirectional: bool = False) -> CorrBlock | OnDemandCorrBlock:
     """Correlation block by kind: ``dense`` (official), ``ondemand`` (memory-bounded) or ``auto``
-    (dense while the all-pairs pyramid fits ``memory_budget`` bytes, else on-demand)."""
+    (dense while the all-pairs pyramid fits ``memory_budget`` bytes, else on-demand). ``bidirectional``: the
+    block of both directions (batch 2N)."""
     if kind not in CORR_KINDS:
         raise ValueError(f"corr must be one of {', '.join(CORR_KINDS)}, got {kind!r}")
     if kind == "auto":
-        kind = "dense" if dense_corr_bytes(fmap1.shape, num_levels) <= memory_budget else "ondemand"
+        n, c, h, w = fmap1.shape
+        shape = ((2 if bidirectional else 1) * n, c, h, w)
+        kind = "dense" if dense_corr_bytes(shape, num_levels) <= memory_budget else "ondemand"
     cls = CorrBlock if kind == "dense" else OnDemandCorrBlock
-    return cls(fmap1, fmap2, num_levels=num_levels, radius=radius)
+    return cls(fmap1, fmap2, num_levels=num_levels, radius=radius, bidirectional=bidirectional)
