@@ -307,17 +307,21 @@ class RAFTBase(nn.Module):
         flows: list[torch.Tensor] = []
         flow_up = None
         checkpointed = self._plan.checkpoint_iterations and torch.is_grad_enabled()
-        for itr in range(iters):
-            need_up = keep_all or itr == iters - 1
-            args = (ctx, corr_fn, coords0, coords1.detach(), net, itr, need_up)  # official: lookups detached
-            if checkpointed:
-                net, coords1, up = checkpoint(self._iteration, *args, use_reentrant=False)
-            else:
-                net, coords1, up = self._iteration(*args)
-            if need_up:
-                flow_up = up
-                if keep_all:
-                    flows.append(flow_up)
+        # One autocast region around the loop (a no-op in fp32): autocast caches the reduced-precision copies
+        # of the weights until its outermost region ends, so they are cast once per call, not per iteration.
+        # Lookups, coordinates and upsampling stay float32 (they disable autocast or get float32 inputs).
+        with self._autocast(coords0.device):
+            for itr in range(iters):
+                need_up = keep_all or itr == iters - 1
+                args = (ctx, corr_fn, coords0, coords1.detach(), net, itr, need_up)  # official: lookups detached
+                if checkpointed:
+                    net, coords1, up = checkpoint(self._iteration, *args, use_reentrant=False)
+                else:
+                    net, coords1, up = self._iteration(*args)
+                if need_up:
+                    flow_up = up
+                    if keep_all:
+                        flows.append(flow_up)
         return coords1 - coords0, flow_up, flows
 
     def _iteration(self, ctx: Context, corr_fn, coords0: torch.Tensor, coords1: torch.Tensor, net: torch.Tensor,
