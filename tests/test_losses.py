@@ -529,3 +529,19 @@ def test_multilevel_loss_perfect_pyramid_and_sparse_gt():
     assert float(scaled) < 1e-4
     with pytest.raises(ValueError, match="weights"):
         L.multilevel_loss(levels * 3, gt, valid)
+
+
+@pytest.mark.parametrize("patch, reduce", [(3, "mean"), (7, "sum")])
+def test_streamed_census_distance_equals_the_transform_form(patch, reduce):
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(2, 3, 20, 24, generator=g, dtype=torch.double) * 255
+    b = (torch.rand(2, 3, 20, 24, generator=g, dtype=torch.double) * 255).requires_grad_()
+    plain = L.soft_hamming(L.census_transform(a, patch), L.census_transform(b, patch), reduce=reduce)
+    streamed = L.census_distance(a, b, patch, reduce=reduce)
+    assert torch.allclose(plain, streamed, atol=1e-12)
+    weights = torch.rand(plain.shape, generator=g, dtype=torch.double)
+    grad_plain, = torch.autograd.grad((plain * weights).sum(), b)
+    grad_streamed, = torch.autograd.grad((streamed * weights).sum(), b)
+    assert torch.allclose(grad_plain, grad_streamed, atol=1e-12)
+    with pytest.raises(LossInputError, match="patch"):
+        L.census_distance(a, b, 4)

@@ -18,7 +18,7 @@ from .common import LossInputError, LossOutput, masked_mean
 from .distill import augmentation_regularization, crop_and_resize, pyramid_distillation, self_supervision
 from .loss import EXTRAS, UnsupervisedLoss, build_loss
 from .occlusion import occlusion_fb, occlusion_range_map, range_map, reverse_flow, splat
-from .photometric import (abs_robust, census, census_border_mask, census_transform, charbonnier, l1, rgb_to_gray, robust_l1, soft_hamming,
+from .photometric import (abs_robust, census, census_border_mask, census_distance, census_transform, charbonnier, l1, rgb_to_gray, robust_l1, soft_hamming,
                           ssim_3x3, ternary)
 from .recipes import RECIPES, TERMS, RecipeConfig, resolve_recipe
 from .regularizers import keep_close
@@ -31,7 +31,7 @@ __all__ = [
     "augmentation_regularization", "crop_and_resize", "pyramid_distillation", "self_supervision", "resize_flow",
     "EXTRAS", "UnsupervisedLoss", "build_loss",
     "occlusion_fb", "occlusion_range_map", "range_map", "reverse_flow", "splat",
-    "abs_robust", "census", "census_border_mask", "census_transform", "charbonnier", "l1", "rgb_to_gray", "robust_l1", "soft_hamming",
+    "abs_robust", "census", "census_border_mask", "census_distance", "census_transform", "charbonnier", "l1", "rgb_to_gray", "robust_l1", "soft_hamming",
     "ssim_3x3", "ternary",
     "RECIPES", "TERMS", "RecipeConfig", "resolve_recipe",
     "keep_close", "edge_aware_smoothness",
