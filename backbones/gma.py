@@ -45,7 +45,7 @@ class GMA(RAFTBase):
         self.num_heads = num_heads
         self.fnet = BasicEncoder(output_dim=256, norm_fn="instance", dropout=self.dropout)
         self.cnet = BasicEncoder(output_dim=self.hidden_dim + self.context_dim, norm_fn="batch",
-                                 dropout=self.dropout)
+                                 dropout=self.dropout, float32_stem=False)
         self.update_block = GMAUpdateBlock(self.corr_levels, self.corr_radius, hidden_dim=self.hidden_dim,
                                            num_heads=num_heads)
         self.att = Attention(dim=self.context_dim, heads=num_heads, dim_head=self.context_dim, max_pos_size=160,

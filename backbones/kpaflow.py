@@ -226,7 +226,7 @@ class KPAFlow(RAFTBase):
         self.dataset = dataset
         self.fnet = BasicEncoder(output_dim=256, norm_fn="instance", dropout=self.dropout)
         self.cnet = BasicEncoder(output_dim=self.hidden_dim + self.context_dim, norm_fn="batch",
-                                 dropout=self.dropout)
+                                 dropout=self.dropout, float32_stem=False)
         self.update_block = KPAFlowUpdateBlock(self.corr_levels, self.corr_radius, self.hidden_dim,
                                                sc=KPA_WINDOW[dataset])
         self.trans = PatchAttention(256, ENCODER_WINDOW)

@@ -64,7 +64,7 @@ class MemFlow(RAFTBase):
         self.train_avg_length = float(train_avg_length)
         self.memory_frames, self.memory_keep = int(memory_frames), int(memory_keep)
         self.cnet = BasicEncoder(output_dim=self.hidden_dim + self.context_dim, norm_fn="batch",
-                                 dropout=self.dropout)
+                                 dropout=self.dropout, float32_stem=False)
         self.fnet = BasicEncoder(output_dim=256, norm_fn="instance", dropout=self.dropout)
         self.update_block = SKUpdateBlock(corr_planes(self.corr_levels, self.corr_radius), self.hidden_dim,
                                           self.context_dim)

@@ -423,7 +423,7 @@ class RAFT(RAFTBase):
         super().__init__(**options)
         self.fnet = BasicEncoder(output_dim=256, norm_fn="instance", dropout=self.dropout)
         self.cnet = BasicEncoder(output_dim=self.hidden_dim + self.context_dim, norm_fn="batch",
-                                 dropout=self.dropout)
+                                 dropout=self.dropout, float32_stem=False)
         self.update_block = BasicUpdateBlock(self.corr_levels, self.corr_radius, hidden_dim=self.hidden_dim,
                                              input_dim=self.context_dim)
         self.train(self.training)
@@ -444,6 +444,6 @@ class RAFTSmall(RAFTBase):
         super().__init__(**options)
         self.fnet = SmallEncoder(output_dim=128, norm_fn="instance", dropout=self.dropout)
         self.cnet = SmallEncoder(output_dim=self.hidden_dim + self.context_dim, norm_fn="none",
-                                 dropout=self.dropout)
+                                 dropout=self.dropout, float32_stem=False)
         self.update_block = SmallUpdateBlock(self.corr_levels, self.corr_radius, hidden_dim=self.hidden_dim,
                                              input_dim=self.context_dim)

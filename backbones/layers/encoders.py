@@ -100,8 +100,10 @@ class _Encoder(nn.Module):
     block: type[nn.Module]
     widths: tuple[int, int, int, int]  # stem width, stage widths
 
-    def __init__(self, output_dim: int, norm_fn: str, dropout: float, dropout_before_conv2: bool):
+    def __init__(self, output_dim: int, norm_fn: str, dropout: float, dropout_before_conv2: bool,
+                 float32_stem: bool = True):
         super().__init__()
+        self.float32_stem = float32_stem   # under bf16 autocast (see _stem)
         if norm_fn not in NORM_FNS:
             raise ValueError(f"norm_fn must be one of {', '.join(NORM_FNS)}, got {norm_fn!r}")
         if not 0.0 <= dropout < 1.0:
@@ -160,10 +162,12 @@ class _Encoder(nn.Module):
 
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
         device = x.device.type
-        if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16:
+        bf16 = torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16
+        if self.float32_stem and bf16:
             # The stem stays float32 under bf16: bf16 cannot hold the normalised 8-bit levels exactly (errors up
             # to a quarter level), which alone moved the shipped model's Sintel flow by 0.008 px on average;
-            # the 3-channel stem is about 3 % of the encoder's work.
+            # the 3-channel stem is about 3 % of the encoder's work. Only the feature encoder needs it (its
+            # features feed the correlation; the context encoder's stem in bf16 changed nothing measurable).
             with torch.autocast(device_type=device, enabled=False):
                 y = self.relu1(self.norm1(self.conv1(x.float())))
             return y.to(torch.bfloat16)  # keeps the residual path in bf16 (no float32 promotions after it)
@@ -197,8 +201,9 @@ class BasicEncoder(_Encoder):
     block = ResidualBlock
     widths = (64, 64, 96, 128)
 
-    def __init__(self, output_dim: int = 128, norm_fn: str = "batch", dropout: float = 0.0):
-        super().__init__(output_dim, norm_fn, dropout, dropout_before_conv2=False)
+    def __init__(self, output_dim: int = 128, norm_fn: str = "batch", dropout: float = 0.0,
+                 float32_stem: bool = True):
+        super().__init__(output_dim, norm_fn, dropout, dropout_before_conv2=False, float32_stem=float32_stem)
 
 
 class SmallEncoder(_Encoder):
@@ -207,5 +212,6 @@ class SmallEncoder(_Encoder):
     block = BottleneckBlock
     widths = (32, 32, 64, 96)
 
-    def __init__(self, output_dim: int = 128, norm_fn: str = "batch", dropout: float = 0.0):
-        super().__init__(output_dim, norm_fn, dropout, dropout_before_conv2=True)
+    def __init__(self, output_dim: int = 128, norm_fn: str = "batch", dropout: float = 0.0,
+                 float32_stem: bool = True):
+        super().__init__(output_dim, norm_fn, dropout, dropout_before_conv2=True, float32_stem=float32_stem)
