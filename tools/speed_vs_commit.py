@@ -22,7 +22,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parents[1]
 
 _CODE = r'''
-import json, sys, time, torch
+import importlib.util, json, sys, time, torch
 torch.set_num_threads(1)
 import backbones, mlof
 case, precision, backbone, h, w = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
@@ -41,11 +41,8 @@ else:
     a, b = torch.rand(3, h, w, generator=g) * 255, torch.rand(3, h, w, generator=g) * 255
     mlof.adapt(m, (a[:, :128, :128], b[:, :128, :128]), steps=1, iters=1)   # warm-up (kernels, caches)
     # the release's optimizer setting: 1dec305's default, a named preset since the default changed
-    try:
-        from mlof.meta.settings import PRESETS
+    if importlib.util.find_spec("mlof.meta.settings") is not None:   # older trees: it was the default
         opts["preset"] = "release-optimizer"
-    except ImportError:   # trees before the presets: the release's optimizer setting was the default
-        pass
     t = time.perf_counter(); mlof.adapt(m, (a, b), **opts); dt = time.perf_counter() - t
 print("RESULT " + json.dumps(dt))
 '''
