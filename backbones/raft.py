@@ -228,7 +228,9 @@ class RAFTBase(nn.Module):
         budget = default_memory_budget(device) if self.memory_budget == "auto" else int(self.memory_budget)
         shape = self._call_shape(h, w, n, iters, bidirectional, grad)
         fmap_shape = (shape.batch, 1, h // self.factor, w // self.factor)
-        plan = plan_memory(shape, budget, dense_corr_bytes(fmap_shape, self.corr_levels), self.corr)
+        # the dense pyramid only while it is within corr_memory_budget, as without a plan (build_corr)
+        plan = plan_memory(shape, budget, dense_corr_bytes(fmap_shape, self.corr_levels), self.corr,
+                           dense_limit=self.corr_memory_budget)
         if self.grad_checkpointing:  # explicit options only add savers
             plan = replace(plan, checkpoint_iterations=True)
         if self.checkpoint_encoder:

@@ -68,6 +68,20 @@ def test_gma_chunked_attention_and_full_plan_equal_the_plain_path():
     _assert_same(plain, chunked)
 
 
+def test_gma_attention_softmax_in_place_without_gradient_equals_softmax():
+    # no-grad attention normalises the (hw)^2 logits in place (one matrix, not two); values must not change
+    from backbones.layers.attention import Attention
+    torch.manual_seed(0)
+    att = Attention(dim=16, dim_head=16, position_and_content=True)
+    fmap = torch.randn(2, 16, 6, 7) * 3
+    with torch.no_grad():
+        in_place = att(fmap)
+    recorded = att(fmap)
+    assert recorded.requires_grad and not in_place.requires_grad
+    torch.testing.assert_close(in_place, recorded.detach(), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(in_place.sum(-1), torch.ones(2, 1, 42))
+
+
 def test_kpaflow_checkpointed_patch_attention_equals_the_plain_path():
     plain = _run("kpaflow", False, corr="dense")
     saved = _run("kpaflow", False, corr="dense", checkpoint_attention=True, grad_checkpointing=True)
@@ -107,6 +121,22 @@ def test_budget_picks_savers_in_order_and_logs_the_plan(caplog):
     plan = model.last_memory_plan
     assert plan.corr == "ondemand" and plan.checkpoint_iterations and plan.checkpoint_encoder
     assert any("memory plan" in r.getMessage() and "checkpoint encoder" in r.getMessage() for r in caplog.records)
+
+
+def test_plans_keep_the_dense_pyramid_within_the_corr_memory_budget():
+    # A roomy budget must not buy a dense pyramid larger than corr_memory_budget: above it the on-demand
+    # lookup is no slower, and a 1080p prediction inside mlof.adapt peaked at +5.6 GB for it.
+    shape = CallShape(family="raft", encoder="basic", height=1080, width=1920, batch=1, images=2, iters=12,
+                      grad=False, attention=False)
+    assert plan_memory(shape, 10 ** 15, dense_corr_bytes=10 ** 10).corr == "dense"
+    assert plan_memory(shape, 10 ** 15, dense_corr_bytes=10 ** 10, dense_limit=10 ** 9).corr == "ondemand"
+    assert plan_memory(shape, 10 ** 15, dense_corr_bytes=10 ** 8, dense_limit=10 ** 9).corr == "dense"
+    assert plan_memory(shape, 10 ** 15, dense_corr_bytes=10 ** 10, corr="dense", dense_limit=10 ** 9).corr == "dense"
+    model = backbones.build("raft_small", memory_budget=10 ** 15)
+    assert model.memory_plan(1080, 1920).corr == "ondemand"          # 5.6 GiB pyramid > 2 GiB default limit
+    assert model.memory_plan(440, 1024).corr == "dense"
+    model.corr_memory_budget = 10 ** 12
+    assert model.memory_plan(1080, 1920).corr == "dense"
 
 
 def test_memory_budget_values_are_checked():

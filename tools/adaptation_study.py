@@ -39,6 +39,9 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "default-update": {"params": "update_block"},
     "uflow-default": {"recipe": "uflow"},
     "default-lr2e-4": {"lr": 2e-4},
+    "default-12": {"steps": 12},
+    "default-12-lr2e-4": {"steps": 12, "lr": 2e-4},
+    "default-lr3e-4": {"lr": 3e-4},
     "default-i2": {"adapt_iters": 2},
     "smurf-10-i12": {**_FAST, "recipe": "smurf", "steps": 10},        # 12 iterations in the steps as well
     "smurf-10-i4": {**_FAST, "recipe": "smurf", "steps": 10, "adapt_iters": 4},
