@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from backbones.layers.attention import Attention
+from backbones.layers.attention import Attention, SharedAttention
 from backbones.layers.encoders import BasicEncoder
 from backbones.layers.update import GMAUpdateBlock
 from backbones.raft import Context, RAFTBase
@@ -61,6 +61,14 @@ class GMA(RAFTBase):
         with self._autocast(x1.device):
             ctx.extras["attention"] = self.att(ctx.inp, chunk_rows=self._plan.attention_chunk)
         return ctx
+
+    def refine(self, ctx: Context, corr_fn, coords0: torch.Tensor, coords1: torch.Tensor, iters: int,
+               keep_all: bool):
+        # one gradient of the attention matrix for all iterations (SharedAttention), where autograd records
+        attention = ctx.extras.get("attention")
+        if isinstance(attention, torch.Tensor) and SharedAttention.usable(attention):
+            ctx.extras["attention"] = SharedAttention(attention)
+        return super().refine(ctx, corr_fn, coords0, coords1, iters, keep_all)
 
     def _has_global_attention(self) -> bool:
         return True

@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from backbones.layers.checkpointing import checkpoint_call
+from backbones.layers.shared_grad import SharedGradient
 
-__all__ = ["RelPosEmb", "Attention", "Aggregate", "ChunkedAttention"]
+__all__ = ["RelPosEmb", "Attention", "Aggregate", "ChunkedAttention", "SharedAttention"]
 
 
 class RelPosEmb(nn.Module):
@@ -132,6 +133,29 @@ class ChunkedAttention:
         return torch.cat(outs, dim=2)   # B x heads x hw x d (query rows in order)
 
 
+def _attention_grad_v(grad: torch.Tensor, matrix: torch.Tensor, v: torch.Tensor, needs) -> tuple:
+    return (matrix.transpose(-1, -2) @ grad if needs[0] else None,)
+
+
+def _attention_grad_matrix(items: list) -> torch.Tensor:
+    # sum_t g_t v_t^T as one product over the stacked iterations (inner size T*d, not T products of size d)
+    return torch.cat([g for g, _ in items], dim=-1) @ torch.cat([v for _, v in items], dim=-1).transpose(-1, -2)
+
+
+class SharedAttention(SharedGradient):
+    """GMA's attention matrix (B x heads x hw x hw) as applied at every refinement iteration of one call:
+    ``apply(v) = matrix @ v``. Plain autograd computes the matrix's gradient once per iteration (g_t v_t^T, a
+    (hw)^2 product with inner size d) and adds the results up; here it is one product over the stacked
+    iterations (``SharedGradient``). Same values up to float rounding."""
+
+    def __init__(self, matrix: torch.Tensor):
+        super().__init__(matrix, forward_fn=torch.matmul, combine=_attention_grad_matrix,
+                         direct=lambda grad, matrix, v: grad @ v.transpose(-1, -2), grad_inputs=_attention_grad_v)
+
+    def apply(self, v: torch.Tensor) -> torch.Tensor:
+        return self.read(v)
+
+
 class Aggregate(nn.Module):
     """Aggregates features with attention weights: fmap + gamma * project(attn @ to_v(fmap)).
 
@@ -149,7 +173,7 @@ class Aggregate(nn.Module):
     def forward(self, attn: "torch.Tensor | ChunkedAttention", fmap: torch.Tensor) -> torch.Tensor:
         b, _, h, w = fmap.shape
         v = self.to_v(fmap).reshape(b, self.heads, -1, h * w).transpose(-1, -2)  # B x heads x hw x d
-        mixed = attn.apply(v) if isinstance(attn, ChunkedAttention) else attn @ v
+        mixed = attn.apply(v) if isinstance(attn, (ChunkedAttention, SharedAttention)) else attn @ v
         out = mixed.transpose(-1, -2).reshape(b, -1, h, w)                       # B x (heads*d) x h x w
         if self.project is not None:
             out = self.project(out)

@@ -20,8 +20,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from backbones.layers.grid import bilinear_sampler
+from backbones.layers.grid import bilinear_sampler, normalized_grid
 from backbones.layers.local_corr import TILE, local_correlation, tile_features
+from backbones.layers.shared_grad import SharedGradient
 
 __all__ = ["CorrBlock", "OnDemandCorrBlock", "build_corr", "dense_corr_bytes", "CORR_KINDS",
            "DEFAULT_MEMORY_BUDGET"]
@@ -86,6 +87,9 @@ class CorrBlock:
             for _ in range(num_levels - 1):
                 corr = F.avg_pool2d(corr, 2, stride=2)
                 self.corr_pyramid.append(corr)
+            # with gradients: each level's gradient from all lookups of the call in one scatter (_SharedLevel)
+            self._shared = [_SharedLevel(level) if SharedGradient.usable(level) else None
+                            for level in self.corr_pyramid]
 
     def __call__(self, coords: torch.Tensor) -> torch.Tensor:
         r = self.radius
@@ -96,10 +100,48 @@ class CorrBlock:
             out = []
             for i, corr in enumerate(self.corr_pyramid):
                 centroid = coords.reshape(n * h * w, 1, 1, 2) / 2 ** i
-                sampled = bilinear_sampler(corr, centroid + delta)       # NHW x 1 x (2r+1) x (2r+1)
+                if self._shared[i] is not None:
+                    sampled = self._shared[i].sample(centroid + delta)
+                else:
+                    sampled = bilinear_sampler(corr, centroid + delta)   # NHW x 1 x (2r+1) x (2r+1)
                 out.append(sampled.view(n, h * w, -1).transpose(1, 2))
             # one copy: the concatenation writes channel-first directly
             return torch.cat(out, dim=1).view(n, -1, h, w)
+
+
+_grid_backward = torch.ops.aten.grid_sampler_2d_backward   # (grad, input, grid, bilinear=0, zeros=0, align, mask)
+
+
+class _SharedLevel(SharedGradient):
+    """One level of the dense pyramid (NHW x 1 x h x w) read by every iteration's lookup. Plain autograd gives
+    each lookup a zero-filled level-sized gradient (66 MB per lookup for a 288x640 pair in both directions) and
+    adds them up; here one ``grid_sample`` backward scatters all lookups of the call at once, their windows
+    stacked along the output rows. Same values up to float summation order (``SharedGradient``)."""
+
+    def __init__(self, level: torch.Tensor):
+        h, w = level.shape[-2:]
+        self.align = h > 1 and w > 1       # normalized_grid's convention for this size
+        align = self.align
+
+        def combine(items: list) -> torch.Tensor:
+            grads = torch.cat([g for g, _ in items], dim=2)
+            grids = torch.cat([grid for _, grid in items], dim=1)
+            return _grid_backward(grads, level, grids, 0, 0, align, [True, False])[0]
+
+        def grad_grid(grad, level_, grid, needs):
+            return (_grid_backward(grad, level_, grid, 0, 0, align, [False, True])[1] if needs[0] else None,)
+
+        super().__init__(level, forward_fn=lambda lv, grid: F.grid_sample(lv, grid, mode="bilinear",
+                                                                          align_corners=align),
+                         combine=combine,
+                         direct=lambda grad, lv, grid: _grid_backward(grad, lv, grid, 0, 0, align, [True, False])[0],
+                         grad_inputs=grad_grid)
+
+    def sample(self, coords: torch.Tensor) -> torch.Tensor:
+        """``bilinear_sampler(level, coords)``: pixel coordinates NHW x h' x w' x 2 -> NHW x 1 x h' x w'."""
+        h, w = self.tensor.shape[-2:]
+        grid, _ = normalized_grid(coords, h, w)
+        return self.read(grid)
 
 
 class OnDemandCorrBlock:

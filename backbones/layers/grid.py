@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["coords_grid", "bilinear_sampler", "warp", "in_frame_mask", "WARP_PADDINGS"]
+__all__ = ["coords_grid", "normalized_grid", "bilinear_sampler", "warp", "in_frame_mask", "WARP_PADDINGS"]
 
 WARP_PADDINGS = ("zeros", "border", "reflection")
 
@@ -19,6 +19,18 @@ def coords_grid(n: int, h: int, w: int, device: torch.device | str | None = None
     return torch.stack((xs, ys), dim=0)[None].expand(n, 2, h, w).contiguous()
 
 
+def normalized_grid(coords: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, bool]:
+    """Pixel coordinates (N x h' x w' x 2, x then y) on an ``h x w`` image -> (``F.grid_sample`` grid,
+    ``align_corners``) that put pixel centres at integer coordinates (see ``bilinear_sampler``)."""
+    x, y = coords.split([1, 1], dim=-1)
+    if h > 1 and w > 1:
+        # The official normalisation (bit-compatible with RAFT).
+        return torch.cat([2 * x / (w - 1) - 1, 2 * y / (h - 1) - 1], dim=-1), True
+    # A 1-pixel side makes 2x/(W-1) divide by zero (the NaN flow of small inputs in the official code);
+    # align_corners=False with this normalisation puts pixel centres on the same integer coordinates.
+    return torch.cat([(2 * x + 1) / w - 1, (2 * y + 1) / h - 1], dim=-1), False
+
+
 def bilinear_sampler(img: torch.Tensor, coords: torch.Tensor, mode: str = "bilinear",
                      mask: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Sample ``img`` (N x C x H x W) at pixel coordinates ``coords`` (N x h x w x 2, x then y).
@@ -27,17 +39,10 @@ def bilinear_sampler(img: torch.Tensor, coords: torch.Tensor, mode: str = "bilin
     semantics, as RAFT's sampler). Returns N x C x h x w, plus an in-image mask N x h x w x 1 when ``mask``.
     """
     h, w = img.shape[-2:]
-    x, y = coords.split([1, 1], dim=-1)
-    if h > 1 and w > 1:
-        # The official normalisation (bit-compatible with RAFT).
-        grid = torch.cat([2 * x / (w - 1) - 1, 2 * y / (h - 1) - 1], dim=-1)
-        out = F.grid_sample(img, grid, mode=mode, align_corners=True)
-    else:
-        # A 1-pixel side makes 2x/(W-1) divide by zero (the NaN flow of small inputs in the official code);
-        # align_corners=False with this normalisation puts pixel centres on the same integer coordinates.
-        grid = torch.cat([(2 * x + 1) / w - 1, (2 * y + 1) / h - 1], dim=-1)
-        out = F.grid_sample(img, grid, mode=mode, align_corners=False)
+    grid, align_corners = normalized_grid(coords, h, w)
+    out = F.grid_sample(img, grid, mode=mode, align_corners=align_corners)
     if mask:
+        x, y = coords.split([1, 1], dim=-1)
         inside = (x > 0) & (y > 0) & (x < w - 1) & (y < h - 1)
         return out, inside.to(img.dtype)
     return out
