@@ -6,7 +6,9 @@ corr       CorrBlock (dense all-pairs pyramid), OnDemandCorrBlock (memory-bounde
 update     FlowHead, ConvGRU, SepConvGRU, motion encoders, BasicUpdateBlock, SmallUpdateBlock, GMAUpdateBlock
 upsample   convex_upsample, upsample_flow, resize_flow (flow up/down-sampling, vectors rescaled)
 pwc        cost_volume (local correlation of the pyramid networks)
-attention  Attention, Aggregate, RelPosEmb (GMA)
+attention  Attention, Aggregate, RelPosEmb, ChunkedAttention, SharedAttention (GMA)
+shared_grad SharedGradient (one combined gradient for a tensor every iteration reads)
+checkpointing checkpoint_call (activation checkpointing, BatchNorm-safe)
 """
 from backbones.layers.attention import Aggregate, Attention, RelPosEmb
 from backbones.layers.corr import CORR_KINDS, CorrBlock, OnDemandCorrBlock, build_corr, dense_corr_bytes
