@@ -18,14 +18,11 @@ import torch
 
 import backbones
 import mlof
+from backbones.memory_plan import proc_kib_field
 
 
-def rss_mb() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS"):
-                return int(line.split()[1]) // 1024
-    return 0
+def rss_mb(field: str = "VmRSS") -> int:
+    return (proc_kib_field("/proc/self/status", field) or 0) // 2 ** 20
 
 
 def main() -> None:
@@ -90,8 +87,7 @@ def main() -> None:
             merged.append(seg)
     for name, start, first, peak, last in merged:
         print(f"{name:15s} t={start:7.1f} s  start {first:6d}  max {peak:6d}  end {last:6d} MB")
-    with open("/proc/self/status") as f:
-        print(next(line.strip() for line in f if line.startswith("VmHWM")))
+    print(f"peak (VmHWM): {rss_mb('VmHWM')} MB")
 
 
 if __name__ == "__main__":

@@ -139,6 +139,8 @@ def _attention_grad_v(grad: torch.Tensor, matrix: torch.Tensor, v: torch.Tensor,
 
 def _attention_grad_matrix(items: list) -> torch.Tensor:
     # sum_t g_t v_t^T as one product over the stacked iterations (inner size T*d, not T products of size d)
+    if len(items) == 1:
+        return items[0][0] @ items[0][1].transpose(-1, -2)
     return torch.cat([g for g, _ in items], dim=-1) @ torch.cat([v for _, v in items], dim=-1).transpose(-1, -2)
 
 
@@ -150,7 +152,7 @@ class SharedAttention(SharedGradient):
 
     def __init__(self, matrix: torch.Tensor):
         super().__init__(matrix, forward_fn=torch.matmul, combine=_attention_grad_matrix,
-                         direct=lambda grad, matrix, v: grad @ v.transpose(-1, -2), grad_inputs=_attention_grad_v)
+                         grad_inputs=_attention_grad_v)
 
     def apply(self, v: torch.Tensor) -> torch.Tensor:
         return self.read(v)

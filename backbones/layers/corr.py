@@ -20,7 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from backbones.layers.grid import bilinear_sampler, normalized_grid
+from backbones.layers.grid import aligns_corners, bilinear_sampler, normalized_grid
 from backbones.layers.local_corr import TILE, local_correlation, tile_features
 from backbones.layers.shared_grad import SharedGradient
 
@@ -119,9 +119,7 @@ class _SharedLevel(SharedGradient):
     stacked along the output rows. Same values up to float summation order (``SharedGradient``)."""
 
     def __init__(self, level: torch.Tensor):
-        h, w = level.shape[-2:]
-        self.align = h > 1 and w > 1       # normalized_grid's convention for this size
-        align = self.align
+        align = aligns_corners(*level.shape[-2:])
 
         def combine(items: list) -> torch.Tensor:
             grads = torch.cat([g for g, _ in items], dim=2)
@@ -133,9 +131,7 @@ class _SharedLevel(SharedGradient):
 
         super().__init__(level, forward_fn=lambda lv, grid: F.grid_sample(lv, grid, mode="bilinear",
                                                                           align_corners=align),
-                         combine=combine,
-                         direct=lambda grad, lv, grid: _grid_backward(grad, lv, grid, 0, 0, align, [True, False])[0],
-                         grad_inputs=grad_grid)
+                         combine=combine, grad_inputs=grad_grid)
 
     def sample(self, coords: torch.Tensor) -> torch.Tensor:
         """``bilinear_sampler(level, coords)``: pixel coordinates NHW x h' x w' x 2 -> NHW x 1 x h' x w'."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["coords_grid", "normalized_grid", "bilinear_sampler", "warp", "in_frame_mask", "WARP_PADDINGS"]
+__all__ = ["coords_grid", "aligns_corners", "normalized_grid", "bilinear_sampler", "warp", "in_frame_mask", "WARP_PADDINGS"]
 
 WARP_PADDINGS = ("zeros", "border", "reflection")
 
@@ -19,11 +19,16 @@ def coords_grid(n: int, h: int, w: int, device: torch.device | str | None = None
     return torch.stack((xs, ys), dim=0)[None].expand(n, 2, h, w).contiguous()
 
 
+def aligns_corners(h: int, w: int) -> bool:
+    """The ``align_corners`` of ``normalized_grid`` on an ``h x w`` image (False where a side is 1 pixel)."""
+    return h > 1 and w > 1
+
+
 def normalized_grid(coords: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, bool]:
     """Pixel coordinates (N x h' x w' x 2, x then y) on an ``h x w`` image -> (``F.grid_sample`` grid,
     ``align_corners``) that put pixel centres at integer coordinates (see ``bilinear_sampler``)."""
     x, y = coords.split([1, 1], dim=-1)
-    if h > 1 and w > 1:
+    if aligns_corners(h, w):
         # The official normalisation (bit-compatible with RAFT).
         return torch.cat([2 * x / (w - 1) - 1, 2 * y / (h - 1) - 1], dim=-1), True
     # A 1-pixel side makes 2x/(W-1) divide by zero (the NaN flow of small inputs in the official code);

@@ -50,7 +50,8 @@ class _Stash:
 
 class _Read(torch.autograd.Function):
     """``forward_fn(tensor, *inputs)``; backward: ``grad_inputs(grad, *inputs)`` for the inputs that need it, and
-    (grad, *inputs) left in the stash for the tensor -- or, under create_graph, ``direct(grad, tensor, *inputs)``."""
+    (grad, *inputs) left in the stash for the tensor -- or, under create_graph, this read's own gradient of the
+    tensor (``combine`` of it alone)."""
 
     @staticmethod
     def forward(ctx, tensor: torch.Tensor, stash: _Stash, read: "SharedGradient", *inputs: torch.Tensor):
@@ -65,7 +66,7 @@ class _Read(torch.autograd.Function):
         grad_tensor = None
         if ctx.needs_input_grad[0]:
             if torch.is_grad_enabled():      # create_graph: the plain, recorded gradient
-                grad_tensor = read.direct(grad, tensor, *inputs)
+                grad_tensor = ctx.stash.combine([(grad, *inputs)])
             else:
                 ctx.stash.items.append((grad, *inputs))
         grads = read.grad_inputs(grad, tensor, *inputs, needs=ctx.needs_input_grad[3:])
@@ -76,15 +77,14 @@ class SharedGradient:
     """A tensor read at every iteration, whose gradient is combined once (see the module docstring).
 
     forward_fn(tensor, *inputs) -> output of one read;
-    combine(items) -> the tensor's gradient from every read's (grad_output, *inputs);
-    direct(grad_output, tensor, *inputs) -> one read's gradient of the tensor (create_graph path);
+    combine(items) -> the tensor's gradient from a list of reads' (grad_output, *inputs) (under create_graph
+    it is called for each read alone);
     grad_inputs(grad_output, tensor, *inputs, needs) -> gradients of the inputs (None where not needed).
     """
 
     def __init__(self, tensor: torch.Tensor, forward_fn: Callable[..., torch.Tensor],
-                 combine: Callable[[list], torch.Tensor], direct: Callable[..., torch.Tensor],
-                 grad_inputs: Callable[..., tuple] | None = None):
-        self.forward_fn, self.direct = forward_fn, direct
+                 combine: Callable[[list], torch.Tensor], grad_inputs: Callable[..., tuple] | None = None):
+        self.forward_fn = forward_fn
         self.grad_inputs = grad_inputs or (lambda grad, tensor, *inputs, needs: (None,) * len(inputs))
         self._stash = _Stash(combine)
         self.tensor = _Sink.apply(tensor, self._stash) if tensor.requires_grad else tensor
