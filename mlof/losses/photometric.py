@@ -81,6 +81,17 @@ def rgb_to_gray(img: torch.Tensor) -> torch.Tensor:
     return (img * w).sum(1, keepdim=True)
 
 
+def _soft_sign(diff: torch.Tensor) -> torch.Tensor:
+    """The soft census code of an intensity difference (0..255 scale): ``d / sqrt(0.81 + d^2)`` (DDFlow / UnFlow)."""
+    return diff / torch.sqrt(0.81 + diff * diff)
+
+
+def _soft_mismatch(t1: torch.Tensor, t2: torch.Tensor, thresh: float) -> torch.Tensor:
+    """Per-offset soft Hamming term of two soft census codes: ``d^2 / (thresh + d^2)``."""
+    sq = (t1 - t2) ** 2
+    return sq / (thresh + sq)
+
+
 def census_transform(img: torch.Tensor, patch: int = 7, max_value: float = 255.0) -> torch.Tensor:
     """Soft census (ternary) transform: N x patch^2 x H x W of ``d / sqrt(0.81 + d^2)``.
 
@@ -96,8 +107,7 @@ def census_transform(img: torch.Tensor, patch: int = 7, max_value: float = 255.0
     padded = F.pad(gray, (r, r, r, r))
     # Shifted views instead of an identity-kernel convolution: O(patch^2) per pixel, not O(patch^4).
     neighbours = torch.cat([padded[..., dy:dy + h, dx:dx + w] for dy in range(patch) for dx in range(patch)], dim=1)
-    diff = neighbours - gray
-    return diff / torch.sqrt(0.81 + diff * diff)
+    return _soft_sign(neighbours - gray)
 
 
 def soft_hamming(t1: torch.Tensor, t2: torch.Tensor, thresh: float = 0.1, reduce: str = "sum") -> torch.Tensor:
@@ -105,8 +115,7 @@ def soft_hamming(t1: torch.Tensor, t2: torch.Tensor, thresh: float = 0.1, reduce
 
     reduce="sum" (UFlow/SMURF) or "mean" (UnFlow/ARFlow ``TernaryLoss``: "instead of sum").
     """
-    sq = (t1 - t2) ** 2
-    dist = sq / (thresh + sq)
+    dist = _soft_mismatch(t1, t2, thresh)
     if reduce == "sum":
         return dist.sum(1, keepdim=True)
     if reduce == "mean":
@@ -122,10 +131,8 @@ def _census_rows(gray1: torch.Tensor, gray2: torch.Tensor, rows: range, patch: i
     total = None
     for dy in rows:
         for dx in range(patch):
-            d1 = gray1[..., dy:dy + h, dx:dx + w] - c1
-            d2 = gray2[..., dy:dy + h, dx:dx + w] - c2
-            sq = (d1 / torch.sqrt(0.81 + d1 * d1) - d2 / torch.sqrt(0.81 + d2 * d2)) ** 2
-            term = sq / (thresh + sq)
+            term = _soft_mismatch(_soft_sign(gray1[..., dy:dy + h, dx:dx + w] - c1),
+                                  _soft_sign(gray2[..., dy:dy + h, dx:dx + w] - c2), thresh)
             total = term if total is None else total + term
     return total
 
