@@ -81,6 +81,11 @@ def rgb_to_gray(img: torch.Tensor) -> torch.Tensor:
     return (img * w).sum(1, keepdim=True)
 
 
+def _check_patch(patch: int) -> None:
+    if patch < 3 or patch % 2 == 0:
+        raise LossInputError(f"census patch must be an odd size >= 3, got {patch}")
+
+
 def _soft_sign(diff: torch.Tensor) -> torch.Tensor:
     """The soft census code of an intensity difference (0..255 scale): ``d / sqrt(0.81 + d^2)`` (DDFlow / UnFlow)."""
     return diff / torch.sqrt(0.81 + diff * diff)
@@ -99,8 +104,7 @@ def census_transform(img: torch.Tensor, patch: int = 7, max_value: float = 255.0
     ``255 / max_value``: pass max_value=1 for 0..1 images); zero padding at the borders, whose pixels
     the census terms mask out. Constant 0.81 from DDFlow / UnFlow.
     """
-    if patch < 3 or patch % 2 == 0:
-        raise LossInputError(f"census patch must be an odd size >= 3, got {patch}")
+    _check_patch(patch)
     gray = rgb_to_gray(img) * (255.0 / max_value)
     h, w = gray.shape[-2:]
     r = patch // 2
@@ -144,8 +148,7 @@ def census_distance(img1: torch.Tensor, img2: torch.Tensor, patch: int = 7, max_
     each row is recomputed during backward instead of stored. Memory stays a few H x W maps (the plain form
     kept about 16 patch^2-channel maps for backward: 6 GB for the SMURF loss of one 1080p pair); the value
     equals the plain form up to float rounding (summation order)."""
-    if patch < 3 or patch % 2 == 0:
-        raise LossInputError(f"census patch must be an odd size >= 3, got {patch}")
+    _check_patch(patch)
     if reduce not in ("sum", "mean"):
         raise LossInputError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
     r = patch // 2
