@@ -157,6 +157,59 @@ def test_frame_forms_and_modes():
     assert mlof.adapt(model, numpy_pair, steps=0).flow.shape == (1, 2, 32, 48)
 
 
+def test_working_size_rule():
+    from mlof.meta.frames import working_size
+    assert working_size((436, 1024), 256 * 512) == (236, 555)      # Sintel: one factor, aspect kept
+    assert working_size((375, 1242), 256 * 512) == (199, 659)      # KITTI
+    assert working_size((256, 512), 256 * 512) == (256, 512)       # at the limit: as given
+    assert working_size((1080, 1920), None) == (1080, 1920)
+    h, w = working_size((1080, 1920), 256 * 512)
+    assert abs(h * w - 256 * 512) < 0.01 * 256 * 512 and abs(w / h - 1920 / 1080) < 0.01
+
+
+class _ConstantFlowNet(ToyFlowNet):
+    """ToyFlowNet that records its input sizes and predicts the flow (u, v) = (3, -2) px everywhere."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes = []
+
+    def forward(self, image1, image2, iters=12, return_all=False):
+        self.sizes.append(tuple(image1.shape[-2:]))
+        out = super().forward(image1, image2, iters, return_all)
+        flow = out.flow * 0 + torch.tensor([3.0, -2.0]).view(1, 2, 1, 1)
+        return type(out)(flow=flow, flows=[flow])
+
+
+def test_large_frames_adapt_and_predict_at_the_working_size():
+    """Frames over max_pixels: every forward runs at the working size, the flows come back at the frames' size
+    with the vectors rescaled to its grid; under it (or with max_pixels=None) nothing is resized."""
+    torch.manual_seed(0)
+    pair = shifted_pair(64, 128)
+    net = _ConstantFlowNet()
+    result = mlof.adapt(net, pair, steps=1, max_pixels=4096)
+    work = (45, 91)                                    # 64 x 128 shrunk by sqrt(1/2), sides rounded
+    assert result.model.sizes and set(result.model.sizes) == {work}
+    for flow in (result.flow, result.flows_before[0]):
+        assert flow.shape == (1, 2, 64, 128)
+        torch.testing.assert_close(flow[0, :, 10, 20], torch.tensor([3.0 * 128 / 91, -2.0 * 64 / 45]))
+    whole = mlof.adapt(_ConstantFlowNet(), pair, steps=1, max_pixels=None)
+    assert set(whole.model.sizes) == {(64, 128)}
+    torch.testing.assert_close(whole.flow[0, :, 10, 20], torch.tensor([3.0, -2.0]))
+    assert set(mlof.adapt(_ConstantFlowNet(), pair, steps=0).model.sizes) == {(64, 128)}   # under the default
+    with pytest.raises(ValueError, match="max_pixels"):
+        mlof.adapt(net, pair, max_pixels=100)
+
+
+def test_resize_frame_averages_when_shrinking():
+    from mlof.meta.frames import resize_frame
+    img = torch.arange(16.0).view(1, 1, 4, 4).expand(1, 3, 4, 4)
+    small = resize_frame(img, (2, 2))
+    torch.testing.assert_close(small[0, 0], torch.tensor([[2.5, 4.5], [10.5, 12.5]]))
+    assert resize_frame(img, (4, 4)) is img
+    assert resize_frame(img, (8, 8)).shape == (1, 3, 8, 8)
+
+
 @pytest.mark.parametrize("frames, match", [
     ([torch.rand(3, 32, 32)], "at least 2"),
     ([torch.rand(3, 32, 32), torch.rand(3, 32, 40)], "same size"),
@@ -186,12 +239,14 @@ def test_defaults_and_the_release_optimizer_preset():
     from mlof.meta.settings import AdaptSettings, adapt_settings
     s = AdaptSettings()   # mlof's measured default (README "Adaptation")
     assert (s.steps, s.optimizer, s.resolved_lr(), s.resolved_weight_decay(), s.schedule, s.clip, s.recipe, s.iters,
-            s.adapt_iters, s.bn) == (8, "adam", 1e-4, 0.0, "constant", 1.0, "smurf", 12, 1, "eval")
+            s.adapt_iters, s.bn, s.max_pixels) == (32, "adam", 1e-4, 0.0, "constant", 1.0, "smurf", 12, 1, "eval",
+                                                   256 * 512)
     opt, sched = adapt_optimizer([torch.nn.Parameter(torch.zeros(1))], s)
     assert isinstance(opt, torch.optim.Adam) and sched is None
     old = adapt_settings(preset="release-optimizer")   # mlof 0.1's default: the release's optimizer, full frames
     assert (old.steps, old.optimizer, old.resolved_lr(), old.clip, old.recipe, old.iters, old.adapt_iters,
-            old.bn) == (3, "adamw", 1e-5, 1.0, "mlof", 12, None, "eval")
+            old.bn, old.max_pixels) == (3, "adamw", 1e-5, 1.0, "mlof", 12, None, "eval", None)
+    assert adapt_settings(preset="release").max_pixels is None   # the release adapts on its crops as given
     opt, sched = adapt_optimizer([torch.nn.Parameter(torch.zeros(1))], old)
     assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[0]["weight_decay"] == 1e-5
     assert isinstance(sched, torch.optim.lr_scheduler.OneCycleLR)

@@ -24,9 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from backbones.layers.upsample import resize_flow
+
 from mlof.meta.crops import crop_augmentor, draw_crops
 from mlof.meta.forward import call_net, has_iterations
-from mlof.meta.frames import as_frame
+from mlof.meta.frames import as_frame, resize_frame, working_size
 from mlof.meta.guard import ROLLBACK_DIVERGED, ROLLBACK_NONFINITE, SKIP_GRADIENT, Guard
 from mlof.meta.objective import UnsupervisedObjective
 from mlof.meta.params import select_parameters
@@ -225,6 +227,9 @@ class Adapter:
         - "joint": the working copy adapted on all pairs together (one pair: the release's meta-inference);
         - "pairwise": every pair adapted from the start state (the working copy ends as the last pair's);
         - "online": pair after pair, weights carried along and reset when they drift (``_online_pair``).
+
+        Frames over ``max_pixels`` are shrunk to ``working_size`` first (area averaging); every step, guard check
+        and flow runs there, and the flows (before and after) come back resized to the frames' size.
         """
         s = self.settings
         pairs = [(as_frame(a, f"pairs[{i}][0]").to(self.device), as_frame(b, f"pairs[{i}][1]").to(self.device))
@@ -235,6 +240,18 @@ class Adapter:
             if a.shape != b.shape or a.shape != pairs[0][0].shape:
                 raise ValueError(f"pairs[{i}] holds images of shapes {tuple(a.shape)} and {tuple(b.shape)}, "
                                  f"pairs[0][0] has {tuple(pairs[0][0].shape)}: all images must have one size")
+        size = tuple(pairs[0][0].shape[-2:])
+        work = working_size(size, s.max_pixels)
+        if work != size:   # adapt and predict at the working size; flows go back to the frames' size below
+            pairs = [(resize_frame(a, work), resize_frame(b, work)) for a, b in pairs]
+        result = self._run(pairs)
+        if work != size:
+            result.flows = [resize_flow(f, size, align_corners=False) for f in result.flows]
+            result.flows_before = [resize_flow(f, size, align_corners=False) for f in result.flows_before]
+        return result
+
+    def _run(self, pairs: list[Pair]) -> AdaptResult:
+        s = self.settings
         self._prepare()
         try:
             if s.mode == "joint":

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import math
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from backbones.base import InvalidImageError, validate_image, warn_range
 
-__all__ = ["as_frame", "as_pairs"]
+__all__ = ["as_frame", "as_pairs", "working_size", "resize_frame"]
 
 
 def as_frame(frame: Any, name: str = "frame") -> torch.Tensor:
@@ -63,3 +66,25 @@ def as_pairs(frames: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
                              f"all frames must have the same size")
     warn_range(*tensors)   # 0..1 or 0..65535 instead of 0..255: once per process
     return [(tensors[i], tensors[i + 1]) for i in range(len(tensors) - 1)]
+
+
+def working_size(size: Sequence[int], max_pixels: int | None) -> tuple[int, int]:
+    """The (H, W) that frames of ``size`` are adapted and predicted at: ``size`` itself when it has at most
+    ``max_pixels`` pixels (or ``max_pixels`` is None), else ``size`` shrunk by one factor on both axes (aspect
+    kept, sides rounded, at least 1) to about ``max_pixels``."""
+    h, w = int(size[0]), int(size[1])
+    if max_pixels is None or h * w <= max_pixels:
+        return h, w
+    factor = math.sqrt(max_pixels / (h * w))
+    return max(1, round(h * factor)), max(1, round(w * factor))
+
+
+def resize_frame(frame: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """An N x 3 x H x W frame resized to ``size`` (H', W'): area averaging when shrinking (no aliasing),
+    bilinear otherwise; the frame itself when already that size."""
+    size = (int(size[0]), int(size[1]))
+    if tuple(frame.shape[-2:]) == size:
+        return frame
+    if size[0] <= frame.shape[-2] and size[1] <= frame.shape[-1]:
+        return F.interpolate(frame, size=size, mode="area")
+    return F.interpolate(frame, size=size, mode="bilinear", align_corners=False)

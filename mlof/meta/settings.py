@@ -39,7 +39,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "release-optimizer": {"steps": RELEASE.adapt_steps, "optimizer": RELEASE.adapt_optimizer,
                           "lr": None, "weight_decay": None, "schedule": "onecycle",
                           "clip": RELEASE.adapt_clip, "recipe": RELEASE.loss_recipe, "iters": RELEASE.iters,
-                          "adapt_iters": None},
+                          "adapt_iters": None, "max_pixels": None},
     # The MLOF release's meta_inference.py, stated in full so that it stays the release's whatever the defaults
     # become: network in train() while adapting (batch statistics, running statistics updated), each of the
     # RELEASE.adapt_steps AdamW steps (RELEASE's lr, weight decay, clip; OneCycle) on a new random crop drawn by
@@ -49,7 +49,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                 "weight_decay": RELEASE.adapt_weight_decay, "schedule": "onecycle", "clip": RELEASE.adapt_clip,
                 "recipe": RELEASE.loss_recipe, "params": "all", "iters": RELEASE.iters, "bn": "train",
                 "bn_predict": "eval", "augment": "mlof-release-sintel", "guard": False, "keep": "last",
-                "adapt_iters": None},
+                "adapt_iters": None, "max_pixels": None},
 }
 PRESETS["release-sintel"] = dict(PRESETS["release"])
 PRESETS["release-kitti"] = {**PRESETS["release"], "augment": "mlof-release-kitti"}
@@ -63,7 +63,7 @@ class AdaptSettings:
     meta-inference is preset ``"release"`` (its constants: ``RELEASE``)."""
 
     mode: str = "joint"                   # "joint" | "pairwise" | "online" (see mlof.meta.engine.Adapter.run)
-    steps: int = 8
+    steps: int = 32
     optimizer: OptimizerSpec = "adam"     # a name of mlof.optim.OPTIMIZERS or params -> Optimizer
     lr: float | None = 1e-4               # None: DEFAULT_LR[optimizer] (the release's for adamw / sgd)
     weight_decay: float | None = 0.0      # None: DEFAULT_WD[optimizer]
@@ -90,6 +90,8 @@ class AdaptSettings:
     precision: str | None = None          # "fp32" | "bf16" | "fp16" (CUDA) autocast in the network; None: as built
     memory_budget: Any = "auto"           # bytes, "8GB", "auto" (a share of available memory) or None (no plan)
     device: torch.device | str | None = None  # where to adapt; None: the model's device
+    max_pixels: int | None = 131072       # adapt and predict at most this many pixels (256 x 512): larger frames
+                                          # are shrunk (aspect kept) and the flows resized back; None: as given
     reset_every: int | None = None        # online: back to the start weights every K pairs; None: never
     reset_margin: float | None = 0.0      # online: reset when worse than the start model by this share; None: never
 
@@ -142,6 +144,9 @@ class AdaptSettings:
             except (RuntimeError, TypeError) as e:
                 raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0', got {self.device!r}"
                                  ) from e
+        if self.max_pixels is not None and (isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int)
+                                            or self.max_pixels < 64 * 64):
+            raise ValueError(f"max_pixels must be an int >= 4096 (64 x 64) or null, got {self.max_pixels!r}")
         if self.reset_every is not None and (isinstance(self.reset_every, bool) or not isinstance(self.reset_every, int)
                                              or self.reset_every < 1):
             raise ValueError(f"reset_every must be a positive int or None, got {self.reset_every!r}")
