@@ -247,6 +247,8 @@ def test_defaults_and_the_release_optimizer_preset():
     assert (old.steps, old.optimizer, old.resolved_lr(), old.clip, old.recipe, old.iters, old.adapt_iters,
             old.bn, old.max_pixels) == (3, "adamw", 1e-5, 1.0, "mlof", 12, None, "eval", None)
     assert adapt_settings(preset="release").max_pixels is None   # the release adapts on its crops as given
+    full = adapt_settings(preset="full-resolution")                # the previous default
+    assert (full.steps, full.max_pixels, full.recipe, full.lr) == (8, None, "smurf", 1e-4)
     opt, sched = adapt_optimizer([torch.nn.Parameter(torch.zeros(1))], old)
     assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[0]["weight_decay"] == 1e-5
     assert isinstance(sched, torch.optim.lr_scheduler.OneCycleLR)

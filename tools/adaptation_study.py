@@ -33,7 +33,11 @@ _FAST = {"optimizer": "adam", "schedule": "constant", "lr": 1e-4, "weight_decay"
 SETTINGS: dict[str, dict[str, Any]] = {
     "release": {"preset": "release"},
     "release-optimizer": {"preset": "release-optimizer"},     # mlof 0.1's default
-    "default": {},                                            # mlof.adapt's default (smurf, 8 steps, adapt_iters 1)
+    "default": {},                      # mlof.adapt's default (smurf, 32 steps, adapt_iters 1, at most 256x512 px)
+    "full-resolution": {"preset": "full-resolution"},         # the previous default: 8 steps on the frames as given
+    "default-as-given": {"max_pixels": None},                 # the default's 32 steps on the frames as given
+    "default-half-area": {"max_pixels": 65536},               # the default at half the working area
+    "default-16": {"steps": 16},
     "default-20": {"steps": 20},
     "default-8": {"steps": 8},
     "default-update": {"params": "update_block"},

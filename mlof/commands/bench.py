@@ -65,6 +65,8 @@ class BenchConfig(RunConfig):
     adapt_steps: int = 1
     adapt_params: Optional[str] = None   # adaptation: which parameters adapt (None: mlof.adapt's default, all;
     #                                      "update_block", a group name or a list as mlof.adapt's ``params``)
+    adapt_max_pixels: Optional[int] = None  # adaptation: mlof.adapt's max_pixels; None: at the bench size itself
+    #                                      (mlof.adapt's default, 256 x 512, would shrink larger sizes)
     memory_budget: Optional[str] = None  # adaptation/training: None = the default ("auto" in adaptation, no plan
     #                                      in training), "8GB", or "plain" (no plan: the savers as built)
     repeats: int = 3
@@ -140,6 +142,7 @@ def _case(model: torch.nn.Module, img1: torch.Tensor, img2: torch.Tensor, mode: 
     if mode == "adaptation":
         budget = case.get("memory_budget")
         extra = {} if budget is None else {"memory_budget": None if budget == "plain" else budget}
+        extra["max_pixels"] = case.get("adapt_max_pixels")
         if case.get("adapt_params"):
             extra["params"] = case["adapt_params"]
 
@@ -168,8 +171,8 @@ def _case(model: torch.nn.Module, img1: torch.Tensor, img2: torch.Tensor, mode: 
 
 def run_case(case: dict[str, Any]) -> dict[str, Any]:
     """Measure one case in this process (what the subprocess runs). ``case``: backbone, height, width, corr,
-    precision, mode, iters, adapt_steps, adapt_params, memory_budget, repeats, warmup, batch, checkpoint, device, seed,
-    threads."""
+    precision, mode, iters, adapt_steps, adapt_params, adapt_max_pixels, memory_budget, repeats, warmup, batch,
+    checkpoint, device, seed, threads."""
     if case.get("threads"):
         torch.set_num_threads(int(case["threads"]))
     device = torch.device(case["device"])
@@ -239,6 +242,8 @@ def bench(cfg: BenchConfig, device: torch.device, progress: Callable[[str], None
                             row["steps"] = cfg.adapt_steps
                             if cfg.adapt_params:
                                 row["params"] = cfg.adapt_params
+                            if cfg.adapt_max_pixels is not None:
+                                row["max_pixels"] = cfg.adapt_max_pixels
                         if corr not in ("-", "", "default") and corr not in caps.corr:
                             rows.append({**row, "error": f"{name} has no corr={corr} option"})
                             continue
@@ -252,7 +257,7 @@ def bench(cfg: BenchConfig, device: torch.device, progress: Callable[[str], None
                             progress(f"{name} {h}x{w} corr={corr} {precision} {mode}")
                         case = {"backbone": name, "height": h, "width": w, "corr": corr, "precision": precision,
                                 "mode": mode, "iters": cfg.iters, "adapt_steps": cfg.adapt_steps,
-                                "adapt_params": cfg.adapt_params,
+                                "adapt_params": cfg.adapt_params, "adapt_max_pixels": cfg.adapt_max_pixels,
                                 "memory_budget": cfg.memory_budget, "repeats": cfg.repeats, "warmup": cfg.warmup,
                                 "batch": cfg.batch, "checkpoint": cfg.checkpoint, "device": str(device),
                                 "seed": cfg.seed, "threads": cfg.threads}

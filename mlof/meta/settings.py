@@ -30,9 +30,13 @@ DEFAULT_WD = {"adamw": RELEASE.adapt_weight_decay, "adam": 0.0, "sgd": 0.0}
 # Named protocols (``preset=``); options given next to a preset override its values.
 PRESETS: dict[str, dict[str, Any]] = {
     # mlof's default (= the defaults of AdaptSettings), the best setting measured by tools/adaptation_study.py
-    # (README "Adaptation"): 8 constant-lr Adam steps of the SMURF loss on the full frames, 1 refinement
-    # iteration inside the steps, batch norm in eval mode, the guard keeping the best state.
+    # (README "Adaptation"): 32 constant-lr Adam steps of the SMURF loss at a working resolution of at most
+    # 256 x 512 pixels, 1 refinement iteration inside the steps, batch norm in eval mode, the guard keeping the best
+    # state.
     "mlof": {},
+    # the previous default: the same loss and optimizer, 8 steps on the frames as given (at 436x1024 about the time of
+    # the default; for frames whose fine detail the working resolution would blur)
+    "full-resolution": {"steps": 8, "max_pixels": None},
     # mlof 0.1's default: the release's optimizer and objective (3 AdamW steps, OneCycle, MLOF loss) on the full
     # frames with batch norm in eval mode and the guard; barely moves a network (docs/meta.md).
     # lr / weight decay None: the optimizer's conventional values (DEFAULT_LR / DEFAULT_WD: adamw = the release's)
