@@ -1,7 +1,7 @@
 """``mlof adapt`` (meta-inference): unsupervised test-time adaptation on frames, folders, videos and datasets.
 
 ``adapt`` runs MLOF's meta-inference: every pair is adapted independently from the loaded weights
-(``mlof.adapt``, the release's 3 AdamW steps of the unsupervised loss), or, with ``online=true``, the
+(``mlof.adapt``, its default setting unless ``options`` say otherwise), or, with ``online=true``, the
 weights are carried along the sequence (``OnlineAdapter``). Pairs with ground truth are scored before and after
 adaptation, at the same iterations and padding. The outputs are streamed: each pair's
 flow file (named after its first frame, ``flows/frame_0001.flo``; KITTI ``flows/000000_10.png``), colour
@@ -10,7 +10,8 @@ continues an interrupted run without redoing finished pairs.
 
 Iterations and padding default to the dataset's evaluation protocol (``mlof.commands.evaluate.protocol_for``: 32 /
 sintel for Sintel, 24 / kitti for KITTI) when the input is a dataset, so ``adapt``, ``infer`` and ``evaluate``
-report the same "before" numbers for the same pair; for frames, folders and videos they are 12 / sintel
+report the same "before" numbers for the same pair (frames over ``mlof.adapt``'s ``max_pixels`` are scored
+"before" at its working resolution, as they are adapted); for frames, folders and videos they are 12 / sintel
 (``mlof.commands.sources.DEFAULT_ITERS``).
 """
 from __future__ import annotations
