@@ -197,6 +197,8 @@ def test_large_frames_adapt_and_predict_at_the_working_size():
     assert set(whole.model.sizes) == {(64, 128)}
     torch.testing.assert_close(whole.flow[0, :, 10, 20], torch.tensor([3.0, -2.0]))
     assert set(mlof.adapt(_ConstantFlowNet(), pair, steps=0).model.sizes) == {(64, 128)}   # under the default
+    cropped = mlof.adapt(_ConstantFlowNet(), pair, steps=1, max_pixels=4096, crop=(32, 48))
+    assert (32, 48) in cropped.model.sizes and (64, 128) in cropped.model.sizes and work not in cropped.model.sizes
     with pytest.raises(ValueError, match="max_pixels"):
         mlof.adapt(net, pair, max_pixels=100)
 

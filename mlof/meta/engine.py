@@ -228,8 +228,9 @@ class Adapter:
         - "pairwise": every pair adapted from the start state (the working copy ends as the last pair's);
         - "online": pair after pair, weights carried along and reset when they drift (``_online_pair``).
 
-        Frames over ``max_pixels`` are shrunk to ``working_size`` first (area averaging); every step, guard check
-        and flow runs there, and the flows (before and after) come back resized to the frames' size.
+        Frames over ``max_pixels`` are shrunk to ``working_size`` first (area averaging; not when adapting on
+        crops, which are cut from the frames as given); every step, guard check and flow runs there, and the flows
+        (before and after) come back resized to the frames' size.
         """
         s = self.settings
         pairs = [(as_frame(a, f"pairs[{i}][0]").to(self.device), as_frame(b, f"pairs[{i}][1]").to(self.device))
@@ -241,7 +242,7 @@ class Adapter:
                 raise ValueError(f"pairs[{i}] holds images of shapes {tuple(a.shape)} and {tuple(b.shape)}, "
                                  f"pairs[0][0] has {tuple(pairs[0][0].shape)}: all images must have one size")
         size = tuple(pairs[0][0].shape[-2:])
-        work = working_size(size, s.max_pixels)
+        work = size if s.on_crops else working_size(size, s.max_pixels)   # crops are cut from the frames as given
         if work != size:   # adapt and predict at the working size; flows go back to the frames' size below
             pairs = [(resize_frame(a, work), resize_frame(b, work)) for a, b in pairs]
         result = self._run(pairs)

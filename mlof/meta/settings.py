@@ -96,6 +96,7 @@ class AdaptSettings:
     device: torch.device | str | None = None  # where to adapt; None: the model's device
     max_pixels: int | None = 131072       # adapt and predict at most this many pixels (256 x 512): larger frames
                                           # are shrunk (aspect kept) and the flows resized back; None: as given
+                                          # (crops, with ``augment`` / ``crop``, are cut from the frames as given)
     reset_every: int | None = None        # online: back to the start weights every K pairs; None: never
     reset_margin: float | None = 0.0      # online: reset when worse than the start model by this share; None: never
 
