@@ -189,12 +189,12 @@ def test_large_frames_adapt_and_predict_at_the_working_size():
     net = _ConstantFlowNet()
     result = mlof.adapt(net, pair, steps=1, max_pixels=4096)
     work = (45, 91)                                    # 64 x 128 shrunk by sqrt(1/2), sides rounded
-    assert result.model.sizes and set(result.model.sizes) == {work}
+    assert result.model.sizes and set(result.model.sizes) == {work} and result.working_size == work
     for flow in (result.flow, result.flows_before[0]):
         assert flow.shape == (1, 2, 64, 128)
         torch.testing.assert_close(flow[0, :, 10, 20], torch.tensor([3.0 * 128 / 91, -2.0 * 64 / 45]))
     whole = mlof.adapt(_ConstantFlowNet(), pair, steps=1, max_pixels=None)
-    assert set(whole.model.sizes) == {(64, 128)}
+    assert set(whole.model.sizes) == {(64, 128)} and whole.working_size is None
     torch.testing.assert_close(whole.flow[0, :, 10, 20], torch.tensor([3.0, -2.0]))
     assert set(mlof.adapt(_ConstantFlowNet(), pair, steps=0).model.sizes) == {(64, 128)}   # under the default
     cropped = mlof.adapt(_ConstantFlowNet(), pair, steps=1, max_pixels=4096, crop=(32, 48))

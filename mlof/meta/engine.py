@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -38,6 +39,7 @@ from mlof.optim import build_optimizer, build_schedule
 __all__ = ["Adapter", "AdaptResult", "adapt_optimizer", "snapshot", "restore", "model_device"]
 
 Pair = tuple[torch.Tensor, torch.Tensor]
+log = logging.getLogger("mlof.adapt")
 
 
 @dataclass
@@ -56,6 +58,7 @@ class AdaptResult:
     settings:     the resolved options.
     mode:         "joint", "pairwise" or "online".
     resets:       online mode: ``(pair, reason)`` of every reset to the start weights ("every", "drift").
+    working_size: (H, W) the frames were adapted and predicted at when ``max_pixels`` shrank them, else None.
     """
 
     flows: list[torch.Tensor]
@@ -67,6 +70,7 @@ class AdaptResult:
     settings: AdaptSettings | None = None
     mode: str = "joint"
     resets: list[tuple[int, str]] = field(default_factory=list)
+    working_size: tuple[int, int] | None = None
 
     def __repr__(self) -> str:
         # short on purpose: the default dataclass repr prints the whole network and every tensor
@@ -247,6 +251,9 @@ class Adapter:
             pairs = [(resize_frame(a, work), resize_frame(b, work)) for a, b in pairs]
         result = self._run(pairs)
         if work != size:
+            log.info("adapting %dx%d frames at %dx%d (max_pixels=%d; max_pixels=None adapts them as given)",
+                     *size, *work, s.max_pixels)
+            result.working_size = work
             result.flows = [resize_flow(f, size, align_corners=False) for f in result.flows]
             result.flows_before = [resize_flow(f, size, align_corners=False) for f in result.flows_before]
         return result
