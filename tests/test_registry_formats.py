@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import backbones
-from backbones.checkpoint import CheckpointError, CheckpointMismatchError
+from backbones.checkpoint import CheckpointError
 
 
 def test_mmcv_style_file_with_numpy_meta_loads(tmp_path):

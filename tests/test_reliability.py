@@ -21,7 +21,7 @@ from backbones.base import _WARNED
 from mlof.checkpoint import CheckpointError, CheckpointWriteError, load_checkpoint, save_checkpoint
 from mlof.cli import main
 from mlof.runs.rundir import RunDir, RunDirError
-from tests._tiny_data import sintel_args, tiny_sintel
+from tests._tiny_data import tiny_sintel
 
 REPO = Path(__file__).resolve().parents[1]
 # a tiny pretraining run on the synthetic generator: raft_small, 1 iteration, 64 x 64
