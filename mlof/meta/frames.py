@@ -1,9 +1,8 @@
 """Turning what users pass as frames into batched image tensors and consecutive pairs."""
 from __future__ import annotations
 
-from typing import Any, Sequence
-
 import math
+from typing import Any, Sequence
 
 import numpy as np
 import torch

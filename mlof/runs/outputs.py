@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from backbones.checkpoint import read_checkpoint_file
+from backbones.layers.upsample import resize_flow
 from mlof.config import ConfigError, diff_keys, to_dict
 from mlof.io import write_flow, write_image
 from mlof.runs.rundir import RunDir, jsonable
@@ -145,13 +146,8 @@ class ResizePlan:
     @staticmethod
     def flow_back(flow: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """A flow N x 2 x h x w computed on scaled frames -> N x 2 x H x W in pixels of the original frames
-        (bilinear resampling; u scaled by W / w, v by H / h)."""
-        h, w = flow.shape[-2:]
-        if (h, w) == tuple(size):
-            return flow
-        up = F.interpolate(flow, size=tuple(size), mode="bilinear", align_corners=False)
-        scale = torch.tensor([size[1] / w, size[0] / h], dtype=up.dtype, device=up.device).view(1, 2, 1, 1)
-        return up * scale
+        (bilinear resampling; u scaled by W / w, v by H / h: ``backbones.layers.upsample.resize_flow``)."""
+        return resize_flow(flow, size, align_corners=False)
 
 
 def prepare_run_folder(cfg: Any, out_dir: str, name: str, *, resume: bool, overwrite: bool) -> None:
